@@ -1,0 +1,41 @@
+# rethink-dist: `make demo` (the main job) and `make test` (the suite) set everything up on a
+# fresh Debian machine: the apt packages FFCV builds against, a .venv, and the package with
+# its extras.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
+# Where `make demo` keeps its results (MLflow store, Parquet tables, report).
+RESULTS ?= results
+
+.PHONY: demo test system-deps venv clean-venv
+
+# FFCV compiles against OpenCV and libjpeg-turbo: install them when missing (needs root or sudo).
+system-deps:
+	@if pkg-config --exists opencv4 2>/dev/null && pkg-config --exists libturbojpeg 2>/dev/null; then \
+		echo "system packages for FFCV: present"; \
+	else \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		echo "installing system packages for FFCV: $(APT_PACKAGES)"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(MAKE) system-deps
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[ffcv,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m rethink_dist.cli demo --storage $(RESULTS)
+
+test: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest -q -p no:cacheprovider tests
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,2 @@
+"""rethink-dist."""
+__version__ = "0.1.0"

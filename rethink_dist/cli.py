@@ -1,0 +1,76 @@
+"""The ``rethink-dist`` command. Each subcommand is a module in ``rethink_dist.commands`` with
+``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; modules are found by name,
+and heavy libraries (torch, ray, mlflow, ffcv) are imported only inside ``run`` so ``--help``
+stays fast.
+
+Errors a user can fix (bad flags, bad config values, missing data) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input found by a command: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _commands() -> list:
+    import rethink_dist.commands as pkg
+
+    mods = [importlib.import_module(f"{pkg.__name__}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+    return sorted((m for m in mods if hasattr(m, "NAME")), key=lambda m: m.NAME)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rethink-dist", description="Zhang et al. (ICLR 2017) randomization tests, at scale.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for mod in _commands():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input (one line, exit 2), imported only if already loaded."""
+    errs: list[type[BaseException]] = [UsageError]
+    for mod, name in (("rethink_dist.config", "ConfigError"), ("rethink_dist.data", "DataError"),
+                      ("rethink_dist.sweep", "SweepError")):
+        m = sys.modules.get(mod)
+        if m is not None and hasattr(m, name):
+            errs.append(getattr(m, name))
+    return tuple(errs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("rethink-dist: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if isinstance(e, user_errors()):
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(msg if msg.startswith("rethink-dist") else f"rethink-dist: error: {msg}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

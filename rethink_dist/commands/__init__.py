@@ -1,0 +1,1 @@
+"""Subcommands of ``rethink-dist``: one module each (see rethink_dist.cli)."""

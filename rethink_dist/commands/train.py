@@ -1,0 +1,130 @@
+"""rethink-dist train: one trial of the randomization test, on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+NAME = "train"
+HELP = "train one trial (one config) and optionally write its history as JSON"
+
+# flag dest -> dotted config key
+FLAG_KEYS = {
+    "dataset": "data.name", "data_root": "data.root", "download": "data.download", "loader": "data.loader",
+    "beton_dir": "data.beton_dir", "image_size": "data.image_size", "max_train": "data.max_train",
+    "corruption": "corruption.kind", "level": "corruption.level", "corruption_seed": "corruption.seed",
+    "corrupt_test": "corruption.corrupt_test", "arch": "model.name",
+    "lr": "optim.lr", "momentum": "optim.momentum", "lr_decay": "optim.lr_decay",
+    "batch_size": "optim.batch_size", "epochs": "optim.epochs",
+    "weight_decay": "reg.weight_decay", "augment": "reg.augment", "dropout": "reg.dropout",
+    "batch_norm": "reg.batch_norm", "stop_when_fitted": "stop.stop_when_fitted",
+    "fit_threshold": "stop.fit_threshold", "ddp_workers": "resources.ddp_workers",
+    "cpus": "resources.cpus", "gpus": "resources.gpus",
+    "seed": "seed", "device": "device", "precision": "precision", "name": "name",
+}
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The trial-config flags (shared by every command that builds one trial config)."""
+    B = argparse.BooleanOptionalAction
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="digits (embedded, default) | cifar10 | synthetic | imagenet")
+    g.add_argument("--data-root", help="folder with the dataset's raw files (cifar10: holds cifar-10-batches-py)")
+    g.add_argument("--download", action=B, default=None, help="download the raw files when missing (network)")
+    g.add_argument("--loader", help="memory (default) | ffcv")
+    g.add_argument("--beton-dir", help="folder with train.beton and test.beton (for --loader ffcv)")
+    g.add_argument("--image-size", type=int, help="model input side (default: the dataset's crop)")
+    g.add_argument("--max-train", type=int, help="use only the first N training samples")
+    g = p.add_argument_group("corruption")
+    g.add_argument("--corruption", help="none | labels | shuffled_pixels | random_pixels | gaussian")
+    g.add_argument("--level", type=float, help="label corruption probability p in [0, 1] (1 = random labels)")
+    g.add_argument("--corruption-seed", type=int, help="seed of the corruption (default 0)")
+    g.add_argument("--corrupt-test", action=B, default=None, help="also corrupt test labels (default: no)")
+    g = p.add_argument_group("model and optimiser")
+    g.add_argument("--arch", help="mlp_1x512 | mlp_3x512 | alexnet_small | inception_small | inception_v3")
+    g.add_argument("--lr", type=float, help="initial learning rate (default: 0.1 Inception, 0.01 others)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--lr-decay", type=float, help="lr factor per epoch (default: the dataset's)")
+    g.add_argument("--batch-size", type=int, help="batch size (default 128)")
+    g.add_argument("--epochs", type=int, help="maximum epochs (default: the dataset's)")
+    g = p.add_argument_group("regularizers")
+    g.add_argument("--weight-decay", type=float, help="L2 coefficient on weights (default 0)")
+    g.add_argument("--augment", action=B, default=None, help="random crops instead of centre crops")
+    g.add_argument("--dropout", type=float, help="dropout probability (default 0)")
+    g.add_argument("--no-batch-norm", dest="batch_norm", action="store_const", const=False, default=None,
+                   help="inception_small without BatchNorm")
+    g = p.add_argument_group("stopping and run")
+    g.add_argument("--stop-when-fitted", action=B, default=None, help="stop once the training set is fitted")
+    g.add_argument("--fit-threshold", type=float, help="training accuracy that counts as fitted (default 1.0)")
+    g.add_argument("--seed", type=int, help="seed of initialisation, batch order, dropout (default 0)")
+    g.add_argument("--device", help="auto (default) | cpu | cuda")
+    g.add_argument("--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    g.add_argument("--ddp-workers", type=int, help="data-parallel workers (Ray Train) for this trial")
+    g.add_argument("--cpus", type=float, help="CPUs per trial / per data-parallel worker")
+    g.add_argument("--gpus", type=float, help="GPUs per trial")
+    g.add_argument("--name", help="run name (default: built from the config)")
+    g.add_argument("--config", metavar="FILE.json", help="a trial config (nested JSON); flags override it")
+
+
+def config_from_args(args: argparse.Namespace):
+    """A validated TrialConfig from ``--config`` and the flags."""
+    from rethink_dist.config import ConfigError, TrialConfig
+
+    base: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            base = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid JSON: {e}") from None
+        if not isinstance(base, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
+    cfg = TrialConfig.from_dict(base)
+    changes = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS and v is not None}
+    return cfg.replace(**changes) if changes else cfg
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--json", metavar="OUT", help="write {config, history, summary} to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg.resources.ddp_workers:
+        from rethink_dist.distributed import run_ddp_trial_cli
+
+        return run_ddp_trial_cli(cfg, args)
+    from rethink_dist.metrics import ConsoleSink
+    from rethink_dist.train import TrainingDiverged, train
+
+    sinks = [] if args.quiet else [ConsoleSink()]
+    try:
+        result = train(cfg, sinks)
+    except TrainingDiverged as e:
+        print(f"rethink-dist: training diverged: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        write_json_atomic(args.json, result)
+        if not args.quiet:
+            print(f"  wrote {args.json}", file=sys.stderr)
+    return 0

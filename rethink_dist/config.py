@@ -1,0 +1,344 @@
+"""Trial configuration: frozen dataclasses, a strict ``from_dict`` and a flat view for logging.
+
+A trial is fully described by a :class:`TrialConfig`. Fields left as ``None`` take the
+documented defaults of the dataset and architecture (see :func:`TrialConfig.resolved`), so a
+config stays short and the choice made is still logged with every run (``to_flat`` is taken of
+the resolved config).
+
+Choices the paper leaves open ([open] in PAPER.md) are defaults here, documented in README.md:
+batch size 128; weight decay 5e-4 for conv nets and 1e-4 for MLPs when a sweep switches it on;
+"time to overfit" = the first step at which the whole training set is fitted at 100%;
+label-corruption grid 0.0, 0.1, ..., 1.0; per-dataset learning-rate decay and epochs below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from rethink_dist.corruption import KINDS as CORRUPTION_KINDS
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message is one line a user can act on."""
+
+
+LOADERS = ("memory", "ffcv")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# The paper's initial learning rates: 0.1 for Inception, 0.01 for the small AlexNet and MLPs.
+PAPER_LR = {"inception_small": 0.1, "inception_v3": 0.1}
+PAPER_LR_DEFAULT = 0.01
+# [open] Weight-decay coefficient when a sweep switches weight decay on (common reproductions).
+PAPER_WEIGHT_DECAY = {"mlp_1x512": 1e-4, "mlp_3x512": 1e-4}
+PAPER_WEIGHT_DECAY_DEFAULT = 5e-4
+
+
+def paper_lr(arch: str) -> float:
+    return PAPER_LR.get(arch, PAPER_LR_DEFAULT)
+
+
+def paper_weight_decay(arch: str) -> float:
+    return PAPER_WEIGHT_DECAY.get(arch, PAPER_WEIGHT_DECAY_DEFAULT)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None  # folder with the raw files (cifar10: torchvision's layout)
+    download: bool = False  # fetch the raw files when missing (needs the network)
+    loader: str = "memory"  # memory | ffcv
+    beton_dir: str | None = None  # folder with train.beton / test.beton (loader=ffcv)
+    image_size: int | None = None  # input side after cropping; None: the dataset's default
+    max_train: int | None = None  # use only the first N training samples (None: all)
+
+
+@dataclass(frozen=True)
+class CorruptionConfig:
+    kind: str = "none"  # none | labels | shuffled_pixels | random_pixels | gaussian
+    level: float = 0.0  # probability that a training label is redrawn (kind=labels)
+    seed: int = 0  # the corruption is a pure function of (seed, split, sample index)
+    corrupt_test: bool = False  # also corrupt the test labels (the paper does not)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp_1x512"
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float | None = None  # None: the paper's rate for the architecture
+    momentum: float = 0.9
+    lr_decay: float | None = None  # multiplied into lr after every epoch; None: dataset default
+    batch_size: int = 128
+    epochs: int | None = None  # maximum epochs; None: dataset default
+
+
+@dataclass(frozen=True)
+class RegConfig:
+    weight_decay: float = 0.0
+    augment: bool = False  # random crop (+ flips for ImageNet) instead of a centre crop
+    dropout: float = 0.0
+    batch_norm: bool = True  # inception_small only: False removes every BatchNorm
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    stop_when_fitted: bool = False  # end the trial once the training set is fitted
+    fit_threshold: float = 1.0  # training accuracy that counts as "fitted"
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    cpus: float = 1.0  # per trial (or per data-parallel worker)
+    gpus: float = 0.0  # per trial; fractions let several small trials share a GPU
+    ddp_workers: int = 0  # >0: data-parallel trial with this many Ray Train workers
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    seed: int = 0  # model initialisation, batch order, augmentation, dropout
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    name: str | None = None  # None: built from the config (see run_name)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialConfig":
+        """Build and validate a config from a nested dict; unknown keys and bad values are refused."""
+        cfg = _from_dict(cls, d, "")
+        cfg.validate()
+        return cfg
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        """A copy with dotted-path changes, e.g. ``replace(**{"optim.lr": 0.1})``, validated."""
+        d = self.to_dict()
+        for path, value in changes.items():
+            node = d
+            parts = path.split(".")
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"unknown config key {path!r}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown config key {path!r}; valid at that level: {', '.join(sorted(node))}")
+            node[parts[-1]] = value
+        return TrialConfig.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"]["kwargs"] = dict(self.model.kwargs)
+        return d
+
+    def to_flat(self) -> dict[str, Any]:
+        """A flat ``{"optim.lr": 0.01, ...}`` view of the resolved config, for logging."""
+        return _flatten(self.resolved().to_dict())
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the config (resolved), for ids and deduplication."""
+        blob = json.dumps(self.resolved().to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    # ------------------------------------------------------------------ defaults
+    def resolved(self) -> "TrialConfig":
+        """The config with every ``None`` default replaced by the dataset's / architecture's value."""
+        from rethink_dist.data import dataset_info
+
+        info = dataset_info(self.data.name)
+        optim = self.optim
+        optim = dataclasses.replace(
+            optim,
+            lr=optim.lr if optim.lr is not None else paper_lr(self.model.name),
+            lr_decay=optim.lr_decay if optim.lr_decay is not None else info.lr_decay,
+            epochs=optim.epochs if optim.epochs is not None else info.epochs,
+        )
+        data = dataclasses.replace(
+            self.data, image_size=self.data.image_size if self.data.image_size is not None else info.crop
+        )
+        name = self.name if self.name is not None else run_name(self, optim)
+        return dataclasses.replace(self, optim=optim, data=data, name=name)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError for the first invalid value, naming it and what is valid."""
+        from rethink_dist.data import DATASETS, dataset_info
+        from rethink_dist.models import MODELS, model_capabilities
+
+        if self.data.name not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.data.name!r}; valid: {', '.join(sorted(DATASETS))}")
+        info = dataset_info(self.data.name)
+        _choice("data.loader", self.data.loader, LOADERS)
+        if self.data.loader not in info.loaders:
+            raise ConfigError(
+                f"dataset {self.data.name!r} cannot use data.loader={self.data.loader!r}; valid: {', '.join(info.loaders)}"
+            )
+        if self.data.loader == "ffcv" and not self.data.beton_dir:
+            raise ConfigError("data.loader='ffcv' needs data.beton_dir (the folder with train.beton and test.beton)")
+        if self.data.image_size is not None and self.data.image_size < 1:
+            raise ConfigError(f"data.image_size must be >= 1, got {self.data.image_size}")
+        if self.data.max_train is not None and self.data.max_train < 1:
+            raise ConfigError(f"data.max_train must be >= 1, got {self.data.max_train}")
+
+        c = self.corruption
+        _choice("corruption.kind", c.kind, CORRUPTION_KINDS)
+        _in_range("corruption.level", c.level, 0.0, 1.0)
+        if c.kind != "labels" and c.level != 0.0:
+            raise ConfigError(f"corruption.level={c.level} only applies to corruption.kind='labels', not {c.kind!r}")
+        if c.seed < 0:
+            raise ConfigError(f"corruption.seed must be >= 0, got {c.seed}")
+
+        if self.model.name not in MODELS:
+            raise ConfigError(f"unknown architecture {self.model.name!r}; valid: {', '.join(sorted(MODELS))}")
+        caps = model_capabilities(self.model.name)
+        bad_kw = set(self.model.kwargs) - set(caps.kwargs)
+        if bad_kw:
+            raise ConfigError(
+                f"model.kwargs {sorted(bad_kw)} not accepted by {self.model.name!r}; valid: {', '.join(caps.kwargs) or 'none'}"
+            )
+
+        o = self.optim
+        if o.lr is not None:
+            _positive("optim.lr", o.lr)
+        _in_range("optim.momentum", o.momentum, 0.0, 1.0, hi_open=True)
+        if o.lr_decay is not None:
+            _in_range("optim.lr_decay", o.lr_decay, 0.0, 1.0, lo_open=True)
+        if o.batch_size < 1:
+            raise ConfigError(f"optim.batch_size must be >= 1, got {o.batch_size}")
+        if o.epochs is not None and o.epochs < 1:
+            raise ConfigError(f"optim.epochs must be >= 1, got {o.epochs}")
+
+        r = self.reg
+        if r.weight_decay < 0 or not math.isfinite(r.weight_decay):
+            raise ConfigError(f"reg.weight_decay must be >= 0, got {r.weight_decay}")
+        _in_range("reg.dropout", r.dropout, 0.0, 1.0, hi_open=True)
+        if r.dropout > 0 and not caps.dropout:
+            raise ConfigError(f"reg.dropout is not supported by {self.model.name!r}")
+        if not r.batch_norm and not caps.batch_norm_switch:
+            valid = ", ".join(n for n in sorted(MODELS) if model_capabilities(n).batch_norm_switch)
+            raise ConfigError(f"reg.batch_norm=False is not supported by {self.model.name!r}; valid: {valid}")
+
+        _in_range("stop.fit_threshold", self.stop.fit_threshold, 0.0, 1.0, lo_open=True)
+        res = self.resources
+        _positive("resources.cpus", res.cpus)
+        if res.gpus < 0:
+            raise ConfigError(f"resources.gpus must be >= 0, got {res.gpus}")
+        if res.ddp_workers < 0:
+            raise ConfigError(f"resources.ddp_workers must be >= 0, got {res.ddp_workers}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        _choice("device", self.device, DEVICES)
+        _choice("precision", self.precision, PRECISIONS)
+
+
+def run_name(cfg: TrialConfig, optim: OptimConfig | None = None) -> str:
+    """A readable name: ``digits_labels0.8_mlp_1x512_lr0.01_wd0_aug0_s0``."""
+    optim = optim or cfg.optim
+    c = cfg.corruption
+    corr = "true" if c.kind == "none" else (f"labels{c.level:g}" if c.kind == "labels" else c.kind)
+    arch = cfg.model.name + ("" if cfg.reg.batch_norm else "_nobn")
+    parts = [cfg.data.name, corr, arch]
+    if optim.lr is not None:
+        parts.append(f"lr{optim.lr:g}")
+    parts += [f"wd{cfg.reg.weight_decay:g}", f"aug{int(cfg.reg.augment)}"]
+    if cfg.reg.dropout:
+        parts.append(f"do{cfg.reg.dropout:g}")
+    parts.append(f"s{cfg.seed}")
+    return "_".join(parts)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{name}={value!r} is not valid; valid: {', '.join(valid)}")
+
+
+def _in_range(name: str, v: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+    ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ConfigError(f"{name}={v} is out of range; valid: {interval}")
+
+
+def _positive(name: str, v: float) -> None:
+    if not (math.isfinite(v) and v > 0):
+        raise ConfigError(f"{name} must be > 0, got {v}")
+
+
+def _type_ok(value: Any, annotation: str) -> tuple[bool, Any]:
+    """Check a JSON-ish value against a dataclass field annotation (given as a string)."""
+    ann = annotation.replace(" ", "")
+    optional = ann.endswith("|None")
+    base = ann[: -len("|None")] if optional else ann
+    if value is None:
+        return optional, None
+    if base == "bool":
+        return isinstance(value, bool), value
+    if base == "int":
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return True, float(value)
+    if base == "str":
+        return isinstance(value, str), value
+    if base.startswith("Mapping"):
+        return isinstance(value, Mapping), dict(value) if isinstance(value, Mapping) else value
+    raise AssertionError(f"unhandled annotation {annotation}")
+
+
+def _from_dict(cls: type, d: Any, prefix: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping, got {type(d).__name__}")
+    valid = {f.name: f for f in fields(cls)}
+    unknown = [k for k in d if k not in valid]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r}; valid: {', '.join(prefix + k for k in valid)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        f = valid[key]
+        sub = _SECTIONS.get(f.name) if cls is TrialConfig else None
+        if sub is not None:
+            kwargs[key] = _from_dict(sub, value, prefix + key + ".")
+            continue
+        ok, converted = _type_ok(value, str(f.type))
+        if not ok:
+            raise ConfigError(f"config key {prefix + key!r} must be {f.type}, got {value!r} ({type(value).__name__})")
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "corruption": CorruptionConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "reg": RegConfig,
+    "stop": StopConfig,
+    "resources": ResourceConfig,
+}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out

@@ -1,0 +1,95 @@
+"""The in-memory loader: the whole (corrupted) dataset as tensors on the training device.
+
+The corruption is applied once, when the data is built, by the same kernels the FFCV pipeline
+uses; batches are index draws from a per-epoch generator, and crops and whitening run on whole
+batches. Without augmentation the preprocessed training and test sets are cached on the device,
+so a training batch and the evaluation passes are plain gathers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from rethink_dist import corruption as C
+from rethink_dist.config import CorruptionConfig
+from rethink_dist.data import ArrayDataset
+from rethink_dist.data.preprocess import preprocess
+
+
+@dataclass
+class CorruptedArrays:
+    """A dataset after its corruption: what every loader must serve (numpy, N x H x W x C)."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    changed: np.ndarray  # bool per training sample: its label differs from the true one
+    true_train_y: np.ndarray
+
+
+def corrupt_dataset(ds: ArrayDataset, cc: CorruptionConfig) -> CorruptedArrays:
+    """Apply the corruption ``cc`` to a whole in-memory dataset (train and test)."""
+    n_tr, n_te = len(ds.train_y), len(ds.test_y)
+    idx_tr, idx_te = np.arange(n_tr, dtype=np.int64), np.arange(n_te, dtype=np.int64)
+    stats = C.channel_stats(ds.train_x) if cc.kind == "gaussian" else None
+    train_x = C.corrupt_images(ds.train_x, idx_tr, cc.kind, cc.seed, C.SPLIT_TRAIN, stats)
+    test_x = C.corrupt_images(ds.test_x, idx_te, cc.kind, cc.seed, C.SPLIT_TEST, stats)
+    train_y, test_y = ds.train_y, ds.test_y
+    if cc.kind == "labels":
+        train_y = C.corrupt_labels(ds.train_y, idx_tr, cc.seed, cc.level, ds.num_classes, C.SPLIT_TRAIN)
+        if cc.corrupt_test:
+            test_y = C.corrupt_labels(ds.test_y, idx_te, cc.seed, cc.level, ds.num_classes, C.SPLIT_TEST)
+    return CorruptedArrays(train_x, train_y, test_x, test_y, train_y != ds.train_y, ds.train_y)
+
+
+def _nchw(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+class MemoryLoader:
+    """Batches of (inputs, labels) drawn by index from device-resident tensors."""
+
+    def __init__(self, arrays: CorruptedArrays, crop: int, augment: bool, pad: int, device: torch.device,
+                 eval_batch_size: int = 1024):
+        self.device = device
+        self.crop, self.augment, self.pad = crop, augment, pad
+        self.eval_batch_size = eval_batch_size
+        self.train_raw = _nchw(arrays.train_x, device)
+        self.train_y = torch.from_numpy(arrays.train_y).to(device)
+        self.changed = torch.from_numpy(arrays.changed).to(device)
+        self.test_y = torch.from_numpy(arrays.test_y).to(device)
+        test_raw = _nchw(arrays.test_x, device)
+        self.train_eval = self._prep_all(self.train_raw)
+        self.test_eval = self._prep_all(test_raw)
+        if not augment:
+            self.train_raw = None  # the cache serves training batches too
+        self.input_shape = tuple(self.test_eval.shape[1:])
+
+    def _prep_all(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.cat([preprocess(raw[i : i + 4096], self.crop) for i in range(0, len(raw), 4096)])
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled training batches (the last one may be smaller)."""
+        order = torch.randperm(self.num_train, generator=generator).to(self.device)
+        for start in range(0, self.num_train, batch_size):
+            idx = order[start : start + batch_size]
+            if self.augment:
+                x = preprocess(self.train_raw[idx], self.crop, augment=True, pad=self.pad, generator=generator)
+            else:
+                x = self.train_eval[idx]
+            yield x, self.train_y[idx]
+
+    def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole split in order, in large batches, preprocessed without augmentation."""
+        x_all, y_all = (self.train_eval, self.train_y) if split == "train" else (self.test_eval, self.test_y)
+        for start in range(0, len(y_all), self.eval_batch_size):
+            yield x_all[start : start + self.eval_batch_size], y_all[start : start + self.eval_batch_size]

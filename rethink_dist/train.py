@@ -1,0 +1,297 @@
+"""The training loop of one trial. It knows nothing of Ray or MLflow: results go to sinks.
+
+A :class:`Trial` owns the data (with its corruption), the model and the optimiser, and runs one
+epoch at a time; its whole state is a plain dict (``state_dict``), so a scheduler can checkpoint
+after every epoch and resume exactly: the batch order, augmentation and dropout of epoch ``e``
+depend only on (seed, e), and the corruption only on (corruption seed, sample index).
+
+Each epoch records: the training loss; the accuracy over the whole training set on its
+(corrupted) labels, and separately on the samples whose label was changed and on the others;
+test accuracy (top-1, top-5) on true labels; the best test accuracy so far (early stopping);
+learning rate, images/s, steps and seconds. ``steps_to_fit`` is the step count at the end of the
+first epoch whose training accuracy reaches ``stop.fit_threshold``: the paper's "time to overfit",
+measured at epoch granularity.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Iterator, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rethink_dist.config import TrialConfig
+from rethink_dist.metrics import Sink
+
+AUX_WEIGHT = 0.4  # weight of Inception V3's auxiliary-head loss (Szegedy et al.)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Loader(Protocol):
+    """What the training loop needs of a data loader (memory or FFCV)."""
+
+    num_train: int
+    input_shape: tuple[int, int, int]
+    changed: torch.Tensor  # bool per training sample, on the device
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but no CUDA device is available; valid here: auto, cpu")
+    return torch.device(name)
+
+
+def _derive_seed(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def build_loader(cfg: TrialConfig, device: torch.device) -> tuple[Loader, dict[str, Any]]:
+    """The trial's data loader, with its corruption applied, and facts about the data to log."""
+    from rethink_dist.data import dataset_info
+
+    info = dataset_info(cfg.data.name)
+    if cfg.data.loader == "ffcv":
+        from rethink_dist.data.ffcv_loader import build_ffcv_loader
+
+        return build_ffcv_loader(cfg, device)
+    from rethink_dist.data import load
+    from rethink_dist.data.memory import MemoryLoader, corrupt_dataset
+
+    ds = load(cfg.data.name, cfg.data.root, cfg.data.download).subset_train(cfg.data.max_train)
+    arrays = corrupt_dataset(ds, cfg.corruption)
+    crop = cfg.data.image_size or info.crop
+    loader = MemoryLoader(arrays, crop, cfg.reg.augment, info.augment_pad, device)
+    meta = {
+        "dataset_fingerprint": ds.fingerprint,
+        "dataset_source": ds.source,
+        "num_train": len(ds.train_y),
+        "num_test": len(ds.test_y),
+        "num_classes": ds.num_classes,
+        "labels_changed": int(arrays.changed.sum()),
+    }
+    return loader, meta
+
+
+class Trial:
+    """One training run of one config, stepped an epoch at a time."""
+
+    def __init__(self, config: TrialConfig, loader: Loader | None = None, meta: dict[str, Any] | None = None):
+        config.validate()
+        self.config = cfg = config.resolved()
+        self.device = resolve_device(cfg.device)
+        on_cuda = self.device.type == "cuda"
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
+        if loader is None:
+            loader, meta = build_loader(cfg, self.device)
+        self.loader = loader
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.num_classes = int(self.meta.get("num_classes", 10))
+
+        torch.manual_seed(_derive_seed(cfg.seed, 0xA11CE))
+        from rethink_dist.models import count_params, create
+
+        self.model = create(
+            cfg.model.name, loader.input_shape, self.num_classes,
+            dropout=cfg.reg.dropout, batch_norm=cfg.reg.batch_norm, **dict(cfg.model.kwargs),
+        ).to(self.device)
+        self.channels_last = on_cuda and len(loader.input_shape) == 3
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # Weight decay on weights only, not on biases or normalisation parameters.
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        self.optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": cfg.reg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+        )
+        self.meta.update({
+            "params": count_params(self.model),
+            "device": str(self.device),
+            "precision": "bf16" if self.bf16 else "fp32",
+            "torch_threads": torch.get_num_threads(),
+        })
+        self.epoch = 0
+        self.step = 0
+        self.steps_to_fit: int | None = None
+        self.best_test_acc = 0.0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "steps_to_fit": self.steps_to_fit,
+            "best_test_acc": self.best_test_acc,
+            "history": list(self.history),
+            "config_fingerprint": self.config.fingerprint(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("config_fingerprint") not in (None, self.config.fingerprint()):
+            raise ValueError("checkpoint belongs to a different trial config; refusing to resume from it")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.steps_to_fit = state["steps_to_fit"]
+        self.best_test_acc = float(state["best_test_acc"])
+        self.history = list(state["history"])
+
+    @property
+    def done(self) -> bool:
+        if self.epoch >= self.config.optim.epochs:
+            return True
+        return self.config.stop.stop_when_fitted and self.steps_to_fit is not None
+
+    # ------------------------------------------------------------------ one epoch
+    def lr_at(self, epoch: int) -> float:
+        return self.config.optim.lr * self.config.optim.lr_decay ** epoch
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def _loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
+        if isinstance(out, tuple):  # main and auxiliary logits
+            return F.cross_entropy(out[0].float(), y) + AUX_WEIGHT * F.cross_entropy(out[1].float(), y)
+        return F.cross_entropy(out.float(), y)
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate, append and return the epoch's record."""
+        cfg = self.config
+        epoch = self.epoch
+        lr = self.lr_at(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        gen = torch.Generator().manual_seed(_derive_seed(cfg.seed, epoch, 1))
+        torch.manual_seed(_derive_seed(cfg.seed, epoch, 2))  # dropout
+        # ---------------------------------------------------------- train
+        self.model.train()
+        t0 = time.perf_counter()
+        losses: list[torch.Tensor] = []
+        seen = 0
+        for x, y in self.loader.train_batches(cfg.optim.batch_size, gen):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.model(self._inputs(x))
+            loss = self._loss(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+            seen += y.shape[0]
+        steps = len(losses)
+        stacked = torch.stack(losses).float() if losses else torch.zeros(1)
+        finite = torch.isfinite(stacked)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            raise TrainingDiverged(
+                f"loss became {float(stacked[bad])} at epoch {epoch + 1}, step {self.step + bad + 1} "
+                f"(lr {lr:g}); lower --lr or check the data"
+            )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        train_seconds = time.perf_counter() - t0
+        self.step += steps
+        # ---------------------------------------------------------- evaluate
+        t1 = time.perf_counter()
+        ev = self.evaluate()
+        eval_seconds = time.perf_counter() - t1
+        self.epoch += 1
+        if self.steps_to_fit is None and ev["train_acc"] >= cfg.stop.fit_threshold:
+            self.steps_to_fit = self.step
+        self.best_test_acc = max(self.best_test_acc, ev["test_acc"])
+        prev_seconds = self.history[-1]["seconds"] if self.history else 0.0
+        record = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": float(stacked.mean()),
+            **ev,
+            "best_test_acc": self.best_test_acc,
+            "lr": lr,
+            "images_per_s": seen / train_seconds if train_seconds > 0 else float("nan"),
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "seconds": prev_seconds + train_seconds + eval_seconds,
+        }
+        self.history.append(record)
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Accuracy on the whole training set (by corrupted/clean samples) and on the test set."""
+        self.model.eval()
+        changed = self.loader.changed
+        correct_train = self._correct(self.loader.eval_batches("train"), topk=1)
+        n_changed = int(changed.sum())
+        n_clean = correct_train.numel() - n_changed
+        test1, test5 = self._correct(self.loader.eval_batches("test"), topk=5, both=True)
+        return {
+            "train_acc": float(correct_train.float().mean()),
+            "train_acc_clean": float(correct_train[~changed].float().mean()) if n_clean else None,
+            "train_acc_corrupted": float(correct_train[changed].float().mean()) if n_changed else None,
+            "test_acc": float(test1.float().mean()),
+            "test_top5": float(test5.float().mean()),
+        }
+
+    def _correct(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], topk: int, both: bool = False):
+        top1, topk_hits = [], []
+        for x, y in batches:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(self._inputs(x))
+            if isinstance(logits, tuple):
+                logits = logits[0]
+            top1.append(logits.argmax(dim=1) == y)
+            if both:
+                k = min(topk, logits.shape[1])
+                topk_hits.append((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1))
+        c1 = torch.cat(top1)
+        return (c1, torch.cat(topk_hits)) if both else c1
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {
+            "train_acc": last.get("train_acc"),
+            "test_acc": last.get("test_acc"),
+            "test_top5": last.get("test_top5"),
+            "best_test_acc": self.best_test_acc if self.history else None,
+            "steps_to_fit": self.steps_to_fit,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "fitted": self.steps_to_fit is not None,
+            "seconds": last.get("seconds"),
+        }
+
+
+def train(config: TrialConfig, sinks: Iterable[Sink] = (), state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one trial to the end; returns ``{"config", "meta", "history", "summary"}``."""
+    trial = Trial(config)
+    if state is not None:
+        trial.load_state_dict(state)
+    sinks = list(sinks)
+    for s in sinks:
+        s.start(trial.config, trial.meta)
+    while not trial.done:
+        record = trial.run_epoch()
+        for s in sinks:
+            s.log_epoch(record)
+    summary = trial.summary()
+    for s in sinks:
+        s.finish(summary)
+    return {"config": trial.config.to_dict(), "meta": trial.meta, "history": trial.history, "summary": summary}
