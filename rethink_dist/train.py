@@ -82,8 +82,19 @@ def build_loader(cfg: TrialConfig, device: torch.device) -> tuple[Loader, dict[s
         "num_test": len(ds.test_y),
         "num_classes": ds.num_classes,
         "labels_changed": int(arrays.changed.sum()),
+        "labels_fingerprint": labels_fingerprint(arrays.train_y),
     }
     return loader, meta
+
+
+def labels_fingerprint(labels) -> str:
+    """sha256 (16 hex digits) of the (corrupted) training labels: proof a resume saw the same labels."""
+    import hashlib
+
+    import numpy as np
+
+    arr = np.ascontiguousarray(labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
+    return hashlib.sha256(arr.data).hexdigest()[:16]
 
 
 class Trial:
@@ -141,11 +152,15 @@ class Trial:
             "best_test_acc": self.best_test_acc,
             "history": list(self.history),
             "config_fingerprint": self.config.fingerprint(),
+            "labels_fingerprint": self.meta.get("labels_fingerprint"),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("config_fingerprint") not in (None, self.config.fingerprint()):
             raise ValueError("checkpoint belongs to a different trial config; refusing to resume from it")
+        if state.get("labels_fingerprint") not in (None, self.meta.get("labels_fingerprint")):
+            raise ValueError("the corrupted training labels differ from the checkpoint's; refusing to resume "
+                             "on different labels")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
