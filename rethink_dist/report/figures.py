@@ -1,0 +1,301 @@
+"""The paper's figures (1a, 1b, 1c, 2a, 2b) and one beyond it, drawn with matplotlib's Agg canvas.
+
+Each builder returns a :class:`Fig`: the PNG and the series it drew, as plain data (what tests
+and the JSON sidecar read). A figure with no data has no PNG and says what it needs instead.
+Only finished trials are drawn; curves are one line per trial (seed), one colour per series.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rethink_dist.report.load import Results
+from rethink_dist.report.paper import ARCH_ORDER, FIG1_ARCHS
+
+KIND_ORDER = ["true labels", "random labels", "shuffled pixels", "random pixels", "gaussian"]
+NUM_CLASSES = {"imagenet": 1000}
+
+
+@dataclass
+class Fig:
+    id: str
+    title: str
+    caption: str
+    series: dict[str, Any] = field(default_factory=dict)  # name -> data (lists of runs or points)
+    png: bytes | None = None
+    missing: str | None = None  # why there is no figure
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "caption": self.caption, "series": self.series,
+                "missing": self.missing, "file": f"figures/{self.id}.png" if self.png else None}
+
+
+def _canvas(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [a for row in axes for a in row]
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _clean(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _runs(curves: pd.DataFrame, y: str, x: str = "step", xscale: float = 1e-3) -> list[dict[str, Any]]:
+    """One entry per trial: its x (thousands of steps by default) and y values, epoch by epoch."""
+    out = []
+    for tid, g in curves.groupby("trial_id", sort=True):
+        g = g.sort_values("epoch")
+        out.append({"trial_id": tid, "seed": int(g["seed"].iloc[0]), "x": [float(v) * xscale for v in g[x]],
+                    "y": [_clean(v) for v in g[y]]})
+    return out
+
+
+def _plot_runs(ax, runs: list[dict[str, Any]], label: str, color, style: str = "-") -> None:
+    for i, r in enumerate(runs):
+        y = [np.nan if v is None else v for v in r["y"]]
+        ax.plot(r["x"], y, style, color=color, lw=1.3, alpha=0.85, label=label if i == 0 else None)
+
+
+def _arch_sorted(archs) -> list[str]:
+    first = [a for a in FIG1_ARCHS if a in archs]
+    rest = sorted((a for a in archs if a not in first), key=lambda a: (ARCH_ORDER.index(a) if a in ARCH_ORDER else 99, a))
+    return first + rest
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _missing(fig: Fig, why: str) -> Fig:
+    fig.missing = why
+    return fig
+
+
+# ------------------------------------------------------------------------------------ Figure 1a
+def fig1a(results: Results, dataset: str) -> Fig:
+    """Training loss against thousands of steps, one line per corruption kind (no regularizer)."""
+    f = Fig(f"fig1a-{dataset}", f"Figure 1a: training loss, {dataset}",
+            "Training loss against thousands of steps, one colour per corruption kind, no explicit regularizer. "
+            "Paper: Inception on CIFAR-10; random and gaussian pixels start converging faster than random labels.")
+    c = results.curves()
+    c = c[(c["data.name"] == dataset) & ~c["regularized"] & c["corruption"].isin(KIND_ORDER)]
+    if c.empty:
+        return _missing(f, "needs finished unregularized trials with true labels, random labels or pixel corruptions")
+    kinds_per_arch = c.groupby("arch")["corruption"].nunique()
+    arch = max(_arch_sorted(kinds_per_arch.index), key=lambda a: (kinds_per_arch[a], a == "Inception"))
+    c = c[c["arch"] == arch]
+    f.title += f", {arch}"
+    fig, (ax,) = _canvas()
+    kinds = [k for k in KIND_ORDER if k in set(c["corruption"])]
+    for kind, color in zip(kinds, _colors(len(kinds))):
+        runs = _runs(c[c["corruption"] == kind], "train_loss")
+        f.series[kind] = runs
+        _plot_runs(ax, runs, kind, color)
+    ax.set(xlabel="thousands of steps", ylabel="training loss", title=f"{arch} on {dataset}")
+    ax.legend()
+    f.png = _png(fig)
+    return f
+
+
+# ------------------------------------------------------------------------------------ Figures 1b, 1c
+def _by_level(finals: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    return finals[(finals["data.name"] == dataset) & ~finals["regularized"] & finals["label_level"].notna()]
+
+
+def fig1b(results: Results, dataset: str) -> Fig:
+    """Time to overfit relative to true labels against the label-corruption level, per architecture."""
+    f = Fig(f"fig1b-{dataset}", f"Figure 1b: time to overfit, {dataset}",
+            "Steps until the training set is first fitted (steps_to_fit), mean over seeds, divided by the mean "
+            "with true labels, against the label-corruption level; no explicit regularizer. Trials that never "
+            "fitted are left out (count in the series' 'unfitted'); a level with no fitted trial is a gap, not 0. "
+            "Paper: it grows by a small constant factor.")
+    d = _by_level(results.finals(), dataset)
+    fig, (ax,) = _canvas()
+    archs = _arch_sorted(set(d["arch"]))
+    for arch, color in zip(archs, _colors(len(archs))):
+        g = d[d["arch"] == arch]
+        levels = sorted(set(g["label_level"]))
+        ref = g.loc[g["label_level"] == 0, "steps_to_fit"].dropna()
+        if len(levels) < 2 or ref.empty:
+            continue
+        pts = {"x": [], "y": [], "n": [], "unfitted": []}
+        for lv in levels:
+            s = g.loc[g["label_level"] == lv, "steps_to_fit"]
+            pts["x"].append(float(lv))
+            pts["y"].append(float(s.dropna().mean() / ref.mean()) if s.notna().any() else None)
+            pts["n"].append(int(s.notna().sum()))
+            pts["unfitted"].append(int(s.isna().sum()))
+        f.series[arch] = pts
+        ax.plot(pts["x"], [np.nan if v is None else v for v in pts["y"]], "o-", color=color, label=arch)
+    if not f.series:
+        return _missing(f, "needs finished unregularized trials of one architecture that fitted with true labels "
+                           "and at least one label-corruption level")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="label corruption", ylabel="time to overfit, relative to true labels", title=dataset)
+    ax.legend()
+    f.png = _png(fig)
+    return f
+
+
+def fig1c(results: Results, dataset: str) -> Fig:
+    """Test error (mean ± std over seeds) at the end of training against the label-corruption level."""
+    chance = 1 - 1 / NUM_CLASSES.get(dataset, 10)
+    f = Fig(f"fig1c-{dataset}", f"Figure 1c: test error, {dataset}",
+            f"Test error at the last epoch (mean, bars: std over seeds) against the label-corruption level; no "
+            f"explicit regularizer. Dotted: chance ({chance:.2f}). Paper: it climbs steadily to chance at p = 1.")
+    d = _by_level(results.finals(), dataset)
+    fig, (ax,) = _canvas()
+    archs = _arch_sorted(set(d["arch"]))
+    for arch, color in zip(archs, _colors(len(archs))):
+        g = d[d["arch"] == arch]
+        levels = sorted(set(g["label_level"]))
+        if len(levels) < 2:
+            continue
+        err = 1 - g["test_acc"]
+        pts = {"x": [float(v) for v in levels],
+               "y": [_clean(err[g["label_level"] == lv].mean()) for lv in levels],
+               "std": [_clean(err[g["label_level"] == lv].std(ddof=1)) for lv in levels],
+               "n": [int(err[g["label_level"] == lv].notna().sum()) for lv in levels]}
+        f.series[arch] = pts
+        ax.errorbar(pts["x"], [np.nan if v is None else v for v in pts["y"]],
+                    yerr=[0 if v is None else v for v in pts["std"]], fmt="o-", color=color, capsize=3, label=arch)
+    if not f.series:
+        return _missing(f, "needs finished unregularized trials of one architecture at two or more label-corruption levels")
+    ax.axhline(chance, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="label corruption", ylabel="test error", ylim=(0, 1), title=dataset)
+    ax.legend()
+    f.png = _png(fig)
+    return f
+
+
+# ------------------------------------------------------------------------------------ Figure 2a
+def _reg_name(aug: bool, wd: bool, dropout: bool) -> str:
+    parts = [n for n, on in (("random crop", aug), ("weight decay", wd), ("dropout", dropout)) if on]
+    return " + ".join(parts) if parts else "no regularizer"
+
+
+def fig2a(results: Results, dataset: str) -> Fig:
+    """Test accuracy over training with and without regularizers; best seen (star) against final (circle)."""
+    f = Fig(f"fig2a-{dataset}", f"Figure 2a: test accuracy with and without regularizers, {dataset}",
+            "Test accuracy against thousands of steps on true labels, one colour per regularizer setting; "
+            "star: best value seen (early stopping), circle: final value. Paper: ImageNet, Inception V3.")
+    c = results.curves()
+    c = c[(c["data.name"] == dataset) & (c["corruption"] == "true labels")]
+    if c.empty:
+        return _missing(f, "needs finished trials with true labels")
+    settings = c.assign(reg=[_reg_name(a, w, d) for a, w, d in zip(c["aug"], c["wd"], c["dropout"])])
+    n_regs = settings.groupby("arch")["reg"].nunique()
+    arch = "Inception V3" if "Inception V3" in n_regs else max(_arch_sorted(n_regs.index), key=lambda a: n_regs[a])
+    settings = settings[settings["arch"] == arch]
+    f.title += f", {arch}"
+    fig, (ax,) = _canvas()
+    regs = sorted(set(settings["reg"]), key=lambda r: (r == "no regularizer", r))
+    for reg, color in zip(regs, _colors(len(regs))):
+        runs = _runs(settings[settings["reg"] == reg], "test_acc")
+        for r in runs:
+            ys = [np.nan if v is None else v for v in r["y"]]
+            i_best = int(np.nanargmax(ys)) if not np.all(np.isnan(ys)) else None
+            r["best"] = None if i_best is None else [r["x"][i_best], r["y"][i_best]]
+            r["final"] = [r["x"][-1], r["y"][-1]]
+            if r["best"]:
+                ax.plot(*r["best"], "*", color=color, ms=11)
+            ax.plot(r["x"][-1], ys[-1], "o", color=color, ms=6, mfc="none")
+        f.series[reg] = runs
+        _plot_runs(ax, runs, reg, color)
+    ax.set(xlabel="thousands of steps", ylabel="test accuracy", title=f"{arch} on {dataset}")
+    ax.legend()
+    f.png = _png(fig)
+    return f
+
+
+# ------------------------------------------------------------------------------------ Figure 2b
+def fig2b(results: Results, dataset: str) -> Fig:
+    """Inception (small) with and without BatchNorm: training and test accuracy over training."""
+    f = Fig(f"fig2b-{dataset}", f"Figure 2b: Inception with and without BatchNorm, {dataset}",
+            "Training (dashed) and test (solid) accuracy against thousands of steps, true labels, no other "
+            "regularizer. Paper: CIFAR-10.")
+    c = results.curves()
+    c = c[(c["data.name"] == dataset) & (c["corruption"] == "true labels") & ~c["regularized"]
+          & c["arch"].isin(["Inception", "Inception w/o BN"])]
+    if c.empty:
+        return _missing(f, "needs finished unregularized inception_small trials on true labels "
+                           "(reg.batch_norm true and false)")
+    fig, (ax,) = _canvas()
+    archs = [a for a in ("Inception", "Inception w/o BN") if a in set(c["arch"])]
+    for arch, color in zip(archs, _colors(len(archs))):
+        g = c[c["arch"] == arch]
+        for what, col, style in (("train", "train_acc", "--"), ("test", "test_acc", "-")):
+            runs = _runs(g, col)
+            f.series[f"{arch} {what}"] = runs
+            _plot_runs(ax, runs, f"{arch} {what}", color, style)
+    ax.set(xlabel="thousands of steps", ylabel="accuracy", ylim=(0, 1.02), title=dataset)
+    ax.legend()
+    f.png = _png(fig)
+    return f
+
+
+# ------------------------------------------------------------------------------------ beyond the paper
+def fig_memorization(results: Results, dataset: str) -> Fig:
+    """For each label-corruption level: training accuracy on clean and on corrupted samples over time."""
+    f = Fig(f"memorization-{dataset}", f"Beyond the paper: which samples are fitted first, {dataset}",
+            "For each label-corruption level p (one panel), training accuracy against thousands of steps on the "
+            "samples whose label was kept (solid) and on those whose label was changed (dashed, measured "
+            "against the changed label), one colour per architecture, no explicit regularizer.")
+    c = results.curves()
+    c = c[(c["data.name"] == dataset) & ~c["regularized"] & (c["corruption.kind"] == "labels")
+          & (c["label_level"] > 0) & c["train_acc_corrupted"].notna()]
+    if c.empty:
+        return _missing(f, "needs finished unregularized label-corruption trials (p > 0) that logged "
+                           "train_acc_clean and train_acc_corrupted")
+    levels = sorted(set(c["label_level"]))
+    archs = _arch_sorted(set(c["arch"]))
+    colors = dict(zip(archs, _colors(len(archs))))
+    ncols = min(3, len(levels))
+    nrows = math.ceil(len(levels) / ncols)
+    fig, axes = _canvas(ncols, nrows, width=4.2, height=3.2)
+    for ax, lv in zip(axes, levels):
+        for arch in archs:
+            g = c[(c["label_level"] == lv) & (c["arch"] == arch)]
+            if g.empty:
+                continue
+            for what, col, style in (("clean", "train_acc_clean", "-"), ("corrupted", "train_acc_corrupted", "--")):
+                runs = _runs(g, col)
+                f.series[f"p={lv:g} {arch} {what}"] = runs
+                _plot_runs(ax, runs, f"{arch} {what}", colors[arch], style)
+        ax.set(title=f"p = {lv:g}", xlabel="thousands of steps", ylabel="training accuracy", ylim=(0, 1.02))
+        ax.legend(fontsize=7)
+    for ax in axes[len(levels):]:
+        ax.set_visible(False)
+    f.png = _png(fig)
+    return f
+
+
+def figures(results: Results) -> list[Fig]:
+    """Every figure for every dataset the sweep ran (Figure 2a alone for ImageNet, as in the paper)."""
+    out = []
+    for d in results.datasets() or ["cifar10"]:
+        if d == "imagenet":
+            out.append(fig2a(results, d))
+            continue
+        out += [fig1a(results, d), fig1b(results, d), fig1c(results, d), fig2a(results, d), fig2b(results, d),
+                fig_memorization(results, d)]
+    return out
