@@ -6,19 +6,20 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
+APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev chromium
 # Where `make demo` keeps its results (MLflow store, Parquet tables, report).
 RESULTS ?= results
 
 .PHONY: demo test system-deps venv clean-venv
 
-# FFCV compiles against OpenCV and libjpeg-turbo: install them when missing (needs root or sudo).
+# FFCV compiles against OpenCV and libjpeg-turbo; the report's test opens its HTML in headless
+# Chromium. Install them when missing (needs root or sudo).
 system-deps:
-	@if pkg-config --exists opencv4 2>/dev/null && pkg-config --exists libturbojpeg 2>/dev/null; then \
-		echo "system packages for FFCV: present"; \
+	@if pkg-config --exists opencv4 2>/dev/null && pkg-config --exists libturbojpeg 2>/dev/null && command -v chromium >/dev/null; then \
+		echo "system packages for FFCV and the report test: present"; \
 	else \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-		echo "installing system packages for FFCV: $(APT_PACKAGES)"; \
+		echo "installing system packages for FFCV and the report test: $(APT_PACKAGES)"; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	fi
 
