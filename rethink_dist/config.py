@@ -20,13 +20,15 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from rethink_dist.corruption import KINDS as CORRUPTION_KINDS
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message is one line a user can act on."""
 
 
+# The randomization tests' corruptions (implemented in rethink_dist.corruption).
+CORRUPTION_KINDS = ("none", "labels", "shuffled_pixels", "random_pixels", "gaussian")
+PIXEL_CORRUPTIONS = ("shuffled_pixels", "random_pixels", "gaussian")
 LOADERS = ("memory", "ffcv")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -32,8 +32,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-KINDS = ("none", "labels", "shuffled_pixels", "random_pixels", "gaussian")
-PIXEL_KINDS = ("shuffled_pixels", "random_pixels", "gaussian")
+from rethink_dist.config import CORRUPTION_KINDS as KINDS, PIXEL_CORRUPTIONS as PIXEL_KINDS  # noqa: E402
 
 SPLIT_TRAIN = 0
 SPLIT_TEST = 1

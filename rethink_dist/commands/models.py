@@ -32,9 +32,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_classes < 2:
         raise UsageError(f"--num-classes must be >= 2, got {args.num_classes}")
+    import torch
+
     counts = {}
-    for name, caps in sorted(MODELS.items()):
-        kw = {"batch_norm": False} if args.no_batch_norm and caps.batch_norm_switch else {}
-        counts[name] = count_params(create(name, args.input_shape, args.num_classes, **kw))
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        for name, caps in sorted(MODELS.items()):
+            kw = {"batch_norm": False} if args.no_batch_norm and caps.batch_norm_switch else {}
+            counts[name] = count_params(create(name, args.input_shape, args.num_classes, **kw))
     print(json.dumps(counts, indent=2))
     return 0
