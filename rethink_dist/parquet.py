@@ -1,0 +1,81 @@
+"""The sweep's Parquet table: one row per (trial, epoch), rewritten atomically as results arrive.
+
+Rows are keyed by (trial_id, epoch): a retried or resumed trial overwrites its own rows, never
+duplicates them. Columns: docs/results-format.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FIRST_COLUMNS = ["trial_id", "sweep", "run_name", "kind", "epoch"]
+
+
+class ResultsTable:
+    def __init__(self, path: str | os.PathLike, min_interval_s: float = 2.0):
+        self.path = Path(path)
+        self.min_interval_s = min_interval_s
+        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
+        self._last_write = 0.0
+        self._dirty = False
+        if self.path.exists():
+            for row in pq.read_table(self.path).to_pylist():
+                self.rows[(row["trial_id"], int(row["epoch"]))] = row
+
+    # Tune pickles its callbacks with the experiment state and unpickles them on --resume: the
+    # table travels as its path and reloads the rows written so far, never an old in-memory copy.
+    def __getstate__(self) -> dict[str, Any]:
+        self.flush()
+        return {"path": str(self.path), "min_interval_s": self.min_interval_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["min_interval_s"])
+
+    def add(self, row: dict[str, Any], flush: bool = False) -> None:
+        """Insert or replace the row of (row['trial_id'], row['epoch']); write if due."""
+        self.rows[(row["trial_id"], int(row["epoch"]))] = row
+        self._dirty = True
+        if flush or time.monotonic() - self._last_write >= self.min_interval_s:
+            self.flush()
+
+    def replace_trial(self, trial_id: str, rows: list[dict[str, Any]]) -> None:
+        """Make ``rows`` the complete set of rows of ``trial_id`` (reconciliation from a checkpoint)."""
+        for key in [k for k in self.rows if k[0] == trial_id]:
+            del self.rows[key]
+        for row in rows:
+            self.rows[(trial_id, int(row["epoch"]))] = row
+        self._dirty = True
+        self.flush()
+
+    def trial_rows(self, trial_id: str) -> list[dict[str, Any]]:
+        return [r for (t, _), r in sorted(self.rows.items()) if t == trial_id]
+
+    def flush(self) -> None:
+        if not self._dirty:
+            return
+        rows = [self.rows[k] for k in sorted(self.rows)]
+        self._dirty = False
+        self._last_write = time.monotonic()
+        if not rows:
+            return
+        columns: list[str] = [c for c in FIRST_COLUMNS]
+        for r in rows:
+            for k in r:
+                if k not in columns:
+                    columns.append(k)
+        table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.path)
+
+
+def read_results(path: str | os.PathLike):
+    """The table as a pandas DataFrame."""
+    return pq.read_table(path).to_pandas()

@@ -1,0 +1,202 @@
+"""MLflow: one experiment per sweep, a parent run for the sweep, one child run per trial.
+
+Runs are found by tag, so a resumed or retried trial continues its own run and a resumed sweep
+its own parent run: never a second run for one trial. Epochs are logged exactly once: a trial
+logs an epoch to MLflow only after Tune has its checkpoint, and on (re)start it back-fills from
+the checkpoint's history whatever epochs the run lacks (see :meth:`TrialRun.sync_history`).
+Layout and tags: docs/results-format.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from rethink_dist.metrics import Sink
+
+ROLE, SWEEP, TRIAL_ID = "rethink.role", "rethink.sweep", "rethink.trial_id"
+EPOCH_METRICS = (
+    "step", "train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "test_acc", "test_top5",
+    "best_test_acc", "lr", "images_per_s", "train_seconds", "eval_seconds", "seconds",
+)
+_MAX_PARAM_LEN = 6000
+
+
+def default_tracking_uri(storage: str) -> str:
+    """``sqlite:///<storage>/mlflow.db`` for a local storage folder."""
+    if "://" in storage:
+        raise ValueError(f"storage {storage!r} is remote: pass --tracking-uri (e.g. the cluster's MLflow server)")
+    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    """The commit of the rethink-dist checkout (or RETHINK_GIT_COMMIT), 'unknown' outside git."""
+    if os.environ.get("RETHINK_GIT_COMMIT"):
+        return os.environ["RETHINK_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _client(tracking_uri: str):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _retry(fn, *args, tries: int = 8, **kwargs):
+    """Call an MLflow client method, retrying transient failures (a busy SQLite file, a restarting server)."""
+    for attempt in range(tries):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # MlflowException, OperationalError, connection errors
+            text = str(e).lower()
+            transient = any(s in text for s in ("locked", "timeout", "timed out", "connection", "temporarily", "503", "502"))
+            if not transient or attempt == tries - 1:
+                raise
+            time.sleep(min(0.25 * 2 ** attempt, 5.0))
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    client = _client(tracking_uri)
+    exp = _retry(client.get_experiment_by_name, name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            _retry(client.restore_experiment, exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return _retry(client.create_experiment, name)
+    except Exception:  # created concurrently
+        exp = _retry(client.get_experiment_by_name, name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _find_run(client, experiment_id: str, tag: str, value: str):
+    runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=2)
+    return runs[0] if runs else None
+
+
+def ensure_parent_run(tracking_uri: str, experiment_id: str, sweep: str, params: dict[str, Any]) -> str:
+    """The sweep's parent run (found by tag, created once)."""
+    client = _client(tracking_uri)
+    client_runs = _retry(client.search_runs, [experiment_id],
+                         filter_string=f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP}` = '{sweep}'", max_results=1)
+    if client_runs:
+        run_id = client_runs[0].info.run_id
+        _retry(client.update_run, run_id, status="RUNNING")
+        return run_id
+    run = _retry(client.create_run, experiment_id, run_name=sweep,
+                 tags={ROLE: "sweep", SWEEP: sweep, "rethink.git_commit": git_commit()})
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _retry(_client(tracking_uri).set_terminated, run_id, status)
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        _retry(client.log_batch, run_id, params=items[i : i + 100])
+
+
+def _param_str(v: Any) -> str:
+    s = "None" if v is None else str(v)
+    return s[:_MAX_PARAM_LEN]
+
+
+def epoch_metrics(record: dict[str, Any], keys: Iterable[str] = EPOCH_METRICS) -> dict[str, float]:
+    """The finite numeric metrics of an epoch record (None and NaN are not logged: missing, not zero)."""
+    out = {}
+    for k in keys:
+        v = record.get(k)
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+class TrialRun(Sink):
+    """The child run of one trial; a :class:`Sink`, so the plain training loop can log to it too."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, trial_id: str, run_name: str,
+                 parent_run_id: str | None = None, sweep: str = "", extra_tags: dict[str, str] | None = None):
+        self.client = _client(tracking_uri)
+        self.trial_id = trial_id
+        tags = {ROLE: "trial", TRIAL_ID: trial_id, SWEEP: sweep, "rethink.git_commit": git_commit()}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        tags.update(extra_tags or {})
+        existing = _find_run(self.client, experiment_id, TRIAL_ID, trial_id)
+        if existing is not None:
+            self.run_id = existing.info.run_id
+            self.resumed = True
+            _retry(self.client.update_run, self.run_id, status="RUNNING")
+        else:
+            self.run_id = _retry(self.client.create_run, experiment_id, run_name=run_name, tags=tags).info.run_id
+            self.resumed = False
+        self._logged_epochs: set[int] | None = None
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, _param_str(v)) for k, v in tags.items()])
+
+    def start(self, config, meta: dict[str, Any]) -> None:
+        params = dict(config.to_flat())
+        params.update({f"meta.{k}": v for k, v in meta.items()})
+        if self.resumed:
+            # Params are immutable in MLflow: log only those the run lacks (a resumed trial has the
+            # same config; a changed value would be an error we want to hear about).
+            have = _retry(self.client.get_run, self.run_id).data.params
+            params = {k: v for k, v in params.items() if k not in have}
+        log_params(self.client, self.run_id, params)
+        tags = {k: meta[k] for k in ("dataset_fingerprint",) if k in meta}
+        if tags:
+            self.set_tags({f"rethink.{k}": v for k, v in tags.items()})
+
+    def logged_epochs(self) -> set[int]:
+        if self._logged_epochs is None:
+            hist = _retry(self.client.get_metric_history, self.run_id, "train_loss")
+            self._logged_epochs = {int(m.step) for m in hist}
+        return self._logged_epochs
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        epoch = int(record["epoch"])
+        if epoch in self.logged_epochs():
+            return
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, v, ts, epoch) for k, v in epoch_metrics(record).items()]
+        _retry(self.client.log_batch, self.run_id, metrics=metrics)
+        self._logged_epochs.add(epoch)
+
+    def sync_history(self, history: list[dict[str, Any]]) -> None:
+        """Log every epoch of ``history`` that the run does not have yet (after a resume)."""
+        for record in history:
+            self.log_epoch(record)
+
+    def finish(self, summary: dict[str, Any], status: str = "FINISHED") -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        vals = {f"summary.{k}": (float(v) if not isinstance(v, bool) else float(v)) for k, v in summary.items()
+                if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))}
+        if vals:
+            _retry(self.client.log_batch, self.run_id, metrics=[Metric(k, v, ts, 0) for k, v in vals.items()])
+        _retry(self.client.set_terminated, self.run_id, status)

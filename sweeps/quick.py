@@ -1,0 +1,49 @@
+"""The embedded sweep: the randomization tests on scikit-learn's digits, on any laptop.
+
+Three architectures (MLP 1x512, MLP 3x512, small AlexNet) x nine corruptions (labels at
+p = 0, 0.2, 0.4, 0.6, 0.8, 1.0; shuffled pixels; random pixels; gaussian), each trained until it
+fits its training set (the paper's "time to overfit") or 400 epochs. No explicit regularizers,
+as in the paper's randomization tests.
+
+Run:      python sweeps/quick.py            (or: rethink-dist sweep sweeps/quick.py; make demo)
+Expected: 27 trials, about 5-8 minutes on 2 CPU cores; seconds per trial on a GPU.
+Smoke:    python sweeps/quick.py --smoke    (4 tiny trials, about a minute)
+"""
+
+from rethink_dist.config import TrialConfig
+
+NAME = "quick"
+ARCHS = ("mlp_1x512", "mlp_3x512", "alexnet_small")
+LABEL_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+PIXEL_KINDS = ("shuffled_pixels", "random_pixels", "gaussian")
+SEEDS = (0,)
+MAX_EPOCHS = 400
+
+
+def corruptions():
+    for level in LABEL_LEVELS:
+        yield {"kind": "labels" if level > 0 else "none", "level": level}
+    for kind in PIXEL_KINDS:
+        yield {"kind": kind, "level": 0.0}
+
+
+def trials(data_root=None):
+    return [
+        TrialConfig.from_dict({
+            "data": {"name": "digits"},
+            "corruption": {**corruption, "seed": seed},
+            "model": {"name": arch},
+            "optim": {"epochs": MAX_EPOCHS},
+            "stop": {"stop_when_fitted": True},
+            "seed": seed,
+        })
+        for arch in ARCHS
+        for corruption in corruptions()
+        for seed in SEEDS
+    ]
+
+
+if __name__ == "__main__":
+    from rethink_dist.sweep import main
+
+    raise SystemExit(main(__file__))
