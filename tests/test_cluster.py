@@ -6,7 +6,10 @@
    service to a public interface.
 2. A sweep submitted with `ray job submit` (a script executed on the head, the same path as
    `ray submit`) to a two-node Ray with token authentication survives losing its worker node:
-   every trial completes, with one MLflow run per trial and every epoch exactly once.
+   every trial completes, with one MLflow run per trial and every epoch exactly once. The sweep
+   is a file of its own (three digits trials of 20 epochs) rather than `--smoke`: smoke trials
+   last two epochs, too short to lose a node in the middle of one. Tune's storage is a folder
+   on this machine, which both nodes share (on a cloud it is the bucket).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -55,6 +61,11 @@ def all_commands(config: dict) -> list[str]:
     for node_type in config["available_node_types"].values():
         cmds += node_type.get("initialization_commands", []) + node_type.get("worker_setup_commands", [])
     return cmds
+
+
+# The system packages FFCV builds against; the Makefile's APT_PACKAGES holds them too (with others
+# only the test machine needs, e.g. the report test's browser).
+FFCV_APT_PACKAGES = ["pkg-config", "libopencv-dev", "libturbojpeg0-dev"]
 
 
 def makefile_apt_packages() -> list[str]:
@@ -181,7 +192,8 @@ def test_setup_installs_this_package_with_ffcv(path):
     config = ray_up_config(path)
     mounts = repo_mounts(config)
     assert mounts, f"{path.name}: no file_mounts entry ships this checkout ('.')"
-    packages = makefile_apt_packages()
+    packages = FFCV_APT_PACKAGES
+    assert set(packages) <= set(makefile_apt_packages()), "the Makefile and the cluster disagree on FFCV's packages"
     for role in ("head_setup_commands", "worker_setup_commands"):
         cmds = config[role]
         assert installs_package(cmds, mounts), f"{path.name}: {role} never pip-installs {mounts}[ffcv]"
@@ -271,3 +283,241 @@ def test_no_credentials_in_configs():
     pattern = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|BEGIN [A-Z ]*PRIVATE KEY|private_key_id", re.I)
     for path in CONFIGS:
         assert not pattern.search(path.read_text()), path.name
+
+
+# ------------------------------------------------------------------------------------------
+# 2. `ray job submit` to a two-node Ray with token authentication; the worker node is lost
+# ------------------------------------------------------------------------------------------
+EPOCHS = 20
+SWEEP_FILE = f'''"""Three short digits trials, long enough (several seconds each) to lose a node in the middle."""
+from rethink_dist.config import TrialConfig
+
+NAME = "elastic"
+
+
+def trials(data_root=None):
+    return [
+        TrialConfig.from_dict({{"data": {{"name": "digits", "max_train": 1024}}, "model": {{"name": "mlp_3x512"}},
+                                "corruption": {{"kind": kind, "level": level}}, "optim": {{"epochs": {EPOCHS}}},
+                                "device": "cpu"}})
+        for kind, level in (("none", 0.0), ("labels", 0.5), ("labels", 1.0))
+    ]
+
+
+if __name__ == "__main__":
+    from rethink_dist.sweep import main
+
+    raise SystemExit(main(__file__))
+'''
+
+
+def _node_ports() -> list[str]:
+    """Every port a node would otherwise take at a fixed default (shared machine: never collide)."""
+    return [f"--{name}={free_port()}" for name in (
+        "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "runtime-env-agent-port", "metrics-export-port")]
+
+
+def _tree(proc: subprocess.Popen) -> list:
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        return [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill_node(proc: subprocess.Popen) -> None:
+    """SIGKILL a node started by this test: its `ray start --block`, every process under it, its group."""
+    import psutil
+
+    for p in _tree(proc):
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
+class TokenCluster:
+    """A head (with dashboard and job API on 127.0.0.1) and one worker, each a `ray start --block`
+    in its own session, token authentication on, HOME and --temp-dir inside the test's folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.home = root / "home"
+        self.home.mkdir()
+        self.env = {**os.environ, "HOME": str(self.home), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+                    "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1",
+                    # a lost node is noticed in a few seconds rather than the default ~30
+                    "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+        self.env.pop("RAY_ADDRESS", None)
+        self.procs: list[subprocess.Popen] = []
+        subprocess.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=self.env, check=True,
+                       capture_output=True, timeout=60)
+        self.token = (self.home / ".ray" / "auth_token").read_text().strip()
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.api = f"http://127.0.0.1:{self.dashboard_port}"
+        # Ray's session folder holds Unix sockets (paths of at most 107 bytes): a short folder of its own.
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="rd-ray-"))
+        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=100000000",
+                  f"--temp-dir={self.ray_tmp}", "--disable-usage-stats", "--block"]
+        self.head = self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=true",
+                                         "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                                         f"--ray-client-server-port={free_port()}"] + common)
+        self._wait(lambda: self.get("/api/version") is not None, 120, "the head's dashboard")
+        self.worker = self._start("worker", [f"--address=127.0.0.1:{self.port}"] + common)
+        self._wait(lambda: len(self.alive_nodes()) == 2, 120, "the worker node to join")
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "w")
+        proc = subprocess.Popen([str(VENV_BIN / "ray"), "start"] + args + _node_ports(), env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def _wait(self, ready, timeout: float, what: str) -> None:
+        deadline = time.time() + timeout
+        while not ready():
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"a ray start exited ({p.returncode}) while waiting for {what}: "
+                                       f"{self.logs()}")
+            if time.time() > deadline:
+                raise TimeoutError(f"{what} not ready within {timeout} s: {self.logs()}")
+            time.sleep(0.5)
+
+    def logs(self) -> str:
+        return " | ".join(f"{p.name}: {p.read_text()[-1500:]}" for p in sorted(self.root.glob("*.log")))
+
+    def get(self, path: str, token: bool = True):
+        """JSON from the dashboard's HTTP API (None while it does not answer)."""
+        req = urllib.request.Request(self.api + path, headers={"Authorization": f"Bearer {self.token}"} if token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return {"http_error": e.code}
+        except (OSError, ValueError):
+            return None
+
+    def alive_nodes(self) -> list[dict]:
+        out = self.get("/api/v0/nodes?limit=100") or {}
+        nodes = (out.get("data") or {}).get("result", {}).get("result", []) if isinstance(out, dict) else []
+        return [n for n in nodes if n.get("state") == "ALIVE"]
+
+    def job(self, submission_id: str) -> dict:
+        return self.get(f"/api/jobs/{submission_id}") or {}
+
+    def shutdown(self) -> None:
+        for proc in reversed(self.procs):
+            _kill_node(proc)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture()
+def token_cluster(tmp_path):
+    cluster = TokenCluster(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return []
+
+
+def test_job_submit_survives_losing_the_worker_node(token_cluster, mlflow_server, tmp_path):
+    cluster = token_cluster
+    assert cluster.get("/api/jobs/", token=False) == {"http_error": 401}, "the job API must refuse a missing token"
+
+    sweep_file = tmp_path / "elastic.py"
+    sweep_file.write_text(SWEEP_FILE)
+    storage = tmp_path / "storage"
+    parquet = storage / "elastic" / "trials.parquet"
+    submission = "elastic-sweep"
+    t_submit = time.time()
+    # The same path as `ray submit`: a script executed on the head, with the sweep's own flags.
+    submit = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.api, "--submission-id", submission,
+         "--no-wait", "--", str(VENV_BIN / "python"), str(sweep_file), "--storage", str(storage),
+         "--tracking-uri", mlflow_server],
+        env=cluster.env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert submit.returncode == 0, submit.stderr[-3000:]
+
+    # Lose the worker node once a trial there has checkpointed a few epochs and has more to go.
+    worker_pids = set()
+    killed_trial = None
+    deadline = time.time() + 150
+    while killed_trial is None:
+        worker_pids |= {p.pid for p in _tree(cluster.worker)}
+        by_trial: dict[str, list[int]] = {}
+        for r in _parquet_rows(parquet):
+            if r.get("pid") in worker_pids:
+                by_trial.setdefault(r["trial_id"], []).append(int(r["epoch"]))
+        ready = [t for t, epochs in by_trial.items() if 2 <= max(epochs) <= EPOCHS - 4]
+        if ready:
+            killed_trial = ready[0]
+            _kill_node(cluster.worker)
+            break
+        status = cluster.job(submission).get("status")
+        assert status in (None, "PENDING", "RUNNING"), f"job {status} before the node could be lost: " \
+                                                       f"{cluster.get(f'/api/jobs/{submission}/logs')}"
+        assert time.time() < deadline, f"no trial reached epoch 2 on the worker node: {_parquet_rows(parquet)}"
+        time.sleep(0.3)
+    t_kill = time.time()
+    epochs_on_lost_node = sorted({int(r["epoch"]) for r in _parquet_rows(parquet)
+                                  if r["trial_id"] == killed_trial and r.get("pid") in worker_pids})
+
+    deadline = time.time() + 180
+    while cluster.job(submission).get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.time() < deadline, f"the sweep did not finish: {cluster.get(f'/api/jobs/{submission}/logs')}"
+        time.sleep(1)
+    logs = (cluster.get(f"/api/jobs/{submission}/logs") or {}).get("logs", "")
+    print(f"worker node lost {t_kill - t_submit:.0f} s after submission, during {killed_trial} at epochs "
+          f"{epochs_on_lost_node}; the sweep finished {time.time() - t_kill:.0f} s later")
+    assert cluster.job(submission)["status"] == "SUCCEEDED", logs[-5000:]
+    assert len(cluster.alive_nodes()) == 1  # the sweep finished on the head alone
+
+    plan = json.loads((storage / "elastic" / "sweep.json").read_text())
+    trial_ids = [t["trial_id"] for t in plan["trials"]]
+    assert len(trial_ids) == 3 and killed_trial in trial_ids
+    assert "3/3 trials with results, 0 failed" in logs, logs[-3000:]
+
+    # Parquet: every epoch of every trial exactly once, each trial finished.
+    rows = _parquet_rows(parquet)
+    for tid in trial_ids:
+        mine = sorted((r for r in rows if r["trial_id"] == tid), key=lambda r: r["epoch"])
+        assert [r["epoch"] for r in mine] == list(range(1, EPOCHS + 1)), (tid, [r["epoch"] for r in mine])
+        assert mine[-1]["finished"] is True and not any(r["finished"] for r in mine[:-1])
+    # The lost trial continued from its checkpoint on the head: the epochs done on the lost node were
+    # kept (not trained again), the rest were trained by another process.
+    lost = sorted((r for r in rows if r["trial_id"] == killed_trial), key=lambda r: r["epoch"])
+    kept = [r["epoch"] for r in lost if r["pid"] in worker_pids]
+    assert kept and kept == list(range(1, len(kept) + 1)), kept
+    assert set(epochs_on_lost_node) >= set(kept) and len(kept) >= 2
+    assert all(r["pid"] not in worker_pids for r in lost[len(kept):])
+
+    # MLflow: one run per trial (the retry continued the lost trial's run), every epoch logged once.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("elastic")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`rethink.role` = 'trial'",
+                              max_results=100)
+    assert sorted(r.data.tags["rethink.trial_id"] for r in runs) == sorted(trial_ids)
+    for run in runs:
+        assert run.info.status == "FINISHED", run.data.tags.get("rethink.trial_id")
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), (run.data.tags["rethink.trial_id"], sorted(steps))
