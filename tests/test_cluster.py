@@ -279,6 +279,36 @@ def test_cloud_layout(name):
     assert len(mlflow) == 1 and "--artifacts-destination \"$RETHINK_BUCKET" in mlflow[0]
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_command_is_valid_bash(path):
+    config = ray_up_config(path)
+    for cmd in all_commands(config):
+        r = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"{cmd}: {r.stderr}"
+
+
+@pytest.mark.parametrize("name", sorted(CLOUDS))
+def test_data_copy_command_runs(name, tmp_path):
+    """The setup command that copies the datasets to a node, run here with local folders for the
+    bucket: CIFAR-10 arrives, ImageNet does not (no 8 GPUs here), a missing dataset is no error."""
+    config = ray_up_config(CLUSTER / f"{name}.yaml")
+    [copy] = [c for c in config["setup_commands"] if "copy_files" in c]
+    src = tmp_path / "bucket"
+    (src / "cifar10" / "cifar-10-batches-py").mkdir(parents=True)
+    (src / "cifar10" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"x")
+    (src / "imagenet").mkdir()
+    (src / "imagenet" / "train.beton").write_bytes(b"x")
+    (tmp_path / ".rethink_env").write_text(f"export RETHINK_DATA_URI={src} RETHINK_DATA={tmp_path}/data\n")
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", "-c", copy], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "data" / "cifar10" / "cifar-10-batches-py" / "data_batch_1").read_bytes() == b"x"
+    assert not (tmp_path / "data" / "imagenet").exists()
+    (tmp_path / ".rethink_env").write_text(f"export RETHINK_DATA_URI={tmp_path}/empty RETHINK_DATA={tmp_path}/d2\n")
+    r = subprocess.run(["bash", "-c", copy], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "no cifar10 under" in r.stdout, r.stdout + r.stderr
+
+
 def test_no_credentials_in_configs():
     pattern = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|BEGIN [A-Z ]*PRIVATE KEY|private_key_id", re.I)
     for path in CONFIGS:
