@@ -40,7 +40,8 @@ sample is about ``eps * R * sum_j |w_j|`` in the worst case (a random walk of ro
   scale at n = 3,000 in float64, far below 1e-5.
 - random a (n > d): the smallest of n random gaps is about R / n^2, one weight is about
   ``max|dy| n^2 / R``, and the error grows like ``eps * n^2 * max|y|`` (times a log n from the
-  other small gaps): ~1e-6 of the scale at n = 100,000 in float64, but far above 1 in float32
+  other small gaps): 1e-6 to 1e-5 of the scale at n = 100,000 in float64 (measured: Gaussian and
+  +-1 targets), but far above 1 in float32
   (eps 6e-8), where 100,000 random projections cannot even be kept apart. The report says so
   (``min_gap`` against ``projection_tolerance``, ``max_abs_weight``, ``max_abs_error``).
 
@@ -99,7 +100,9 @@ class ReluInterpolant(nn.Module):
 
     ``forward`` evaluates exactly this sum, rewritten with b sorted as ``c(b_k) + S_k (z - b_k)``
     for the k knots below ``z = <a, x>`` (``S_k`` the prefix sums of w, ``c(b_k)`` their running
-    integral): O(N log m) for N inputs instead of O(N m). :meth:`forward_dense` is the literal sum.
+    integral): O(N log m) for N inputs instead of O(N m), and more accurate: each output adds one
+    local term to c(b_k) instead of m terms of size |w_j| |z - b_j| that cancel. :meth:`forward_dense`
+    is the literal sum (at n = 100,000 random samples its rounding error is ~100x larger).
     """
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor):
@@ -147,6 +150,12 @@ def _projection_tolerance(a: torch.Tensor, max_row_norm: float, dtype: torch.dty
     """A (typical-case) rounding bound of <a, x>: 4 sqrt(d) eps |a| max|x|."""
     eps = torch.finfo(dtype).eps
     return 4.0 * math.sqrt(a.numel()) * eps * float(a.double().norm()) * max_row_norm
+
+
+def _max_row_norm(X: torch.Tensor, max_elements: int = 1 << 22) -> float:
+    """max_i |x_i| (inf or nan if X is not finite), in chunks: no temporary of X's size."""
+    rows = max(1, max_elements // X.shape[1])
+    return max(float(X[i : i + rows].norm(dim=1).max()) for i in range(0, X.shape[0], rows))
 
 
 def _random_direction(d: int, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -236,13 +245,13 @@ def fit(
         raise ValueError(f"a={a!r} is not valid; valid: {', '.join(A_METHODS)}")
     if not 0.0 < knot < 0.5:
         raise ValueError(f"knot={knot} must lie in (0, 0.5): the slope recurrence damps errors only then")
-    if not bool(torch.isfinite(X).all()) or not bool(torch.isfinite(y).all()):
+    max_row_norm = _max_row_norm(X)  # also the finiteness check of X, in O(d) rows at a time
+    if not math.isfinite(max_row_norm) or not bool(torch.isfinite(y).all()):
         raise ValueError("X and y must be finite (no NaN or inf)")
     dtype = X.dtype
     Y = y.detach().to("cpu", torch.float64).reshape(n, -1).numpy()
     k = Y.shape[1]
     gen = torch.Generator().manual_seed(seed)
-    max_row_norm = float(X.norm(dim=1).max())
 
     # ---------------------------------------------------------------- repeated samples
     r = _random_direction(d, gen, dtype).to(X.device)

@@ -41,6 +41,10 @@ class KernelMemoryError(ValueError):
     """The problem does not fit the memory budget; the message names the sizes."""
 
 
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.1f} MiB"
+
+
 # ------------------------------------------------------------------------------ features
 def raw_features(images: np.ndarray, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> torch.Tensor:
     """uint8 N x H x W x C images -> N x (H W C) pixels / 255."""
@@ -159,8 +163,8 @@ def solve_min_norm(
     need = 3 * n * n * item
     if need > budget_bytes:
         raise KernelMemoryError(
-            f"K is singular ({detail}) and its eigendecomposition needs {need / 2**30:.1f} GiB > budget "
-            f"{budget_bytes / 2**30:.1f} GiB: add a ridge, use float64, or lower max_train"
+            f"K is singular ({detail}) and its eigendecomposition needs {_size(need)} > budget "
+            f"{_size(budget_bytes)}: add a ridge, use float64, or lower max_train"
         )
     gram_lower(F, kernel, gamma, block, out=K)  # the factorization overwrote it
     if ridge:
@@ -190,8 +194,8 @@ def plan_block(n: int, n_query: int, dim: int, item: int, budget_bytes: float, b
     fixed = (n * n + (n + n_query) * dim) * item
     if fixed > budget_bytes:
         raise KernelMemoryError(
-            f"n={n}: K needs {n * n * item / 2**30:.1f} GiB and the features {(n + n_query) * dim * item / 2**30:.1f} GiB "
-            f"in {item * 8}-bit floats, over the budget of {budget_bytes / 2**30:.1f} GiB: lower max_train, use float32, "
+            f"n={n}: K needs {_size(n * n * item)} and the features {_size((n + n_query) * dim * item)} "
+            f"in {item * 8}-bit floats, over the budget of {_size(budget_bytes)}: lower max_train, use float32, "
             "or raise the budget"
         )
     if block is None:
