@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from rethink_dist.cli import main
-from rethink_dist.report import build_report, load_folder, load_mlflow
+from rethink_dist.report import build_report, load_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = "handmade"
@@ -225,15 +225,15 @@ def test_help_is_fast_and_lists_report():
 
 
 # ---------------------------------------------------------------------------------------- MLflow
-def _log_handmade_sweep(uri: str, experiment: str) -> str:
-    """Write TRIALS to MLflow in the layout of docs/results-format.md; returns the parent run id."""
+def _log_handmade_sweep(uri: str, experiment: str, trials: list = TRIALS) -> str:
+    """Write ``trials`` to MLflow in the layout of docs/results-format.md; returns the parent run id."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.create_experiment(experiment)
     parent = client.create_run(exp, run_name=experiment, tags={"rethink.role": "sweep", "rethink.sweep": experiment})
-    for tid, flat, train, test, n_epochs, finished in TRIALS:
+    for tid, flat, train, test, n_epochs, finished in trials:
         run = client.create_run(exp, run_name=f"{tid}_{flat['model.name']}", tags={
             "mlflow.parentRunId": parent.info.run_id, "rethink.role": "trial", "rethink.sweep": experiment,
             "rethink.trial_id": tid})
@@ -255,12 +255,12 @@ def test_report_from_mlflow_matches_parquet_and_is_logged(mlflow_server, tmp_pat
 
     parent = _log_handmade_sweep(mlflow_server, "handmade-mlflow")
     capsys.readouterr()  # MLflow's own "View run" lines
-    res = load_mlflow(mlflow_server, "handmade-mlflow")
-    assert sorted(res.finals()["trial_id"]) == [t[0] for t in TRIALS if t[5]]
     out = tmp_path / "rep"
     assert main(["report", "--tracking-uri", mlflow_server, "--experiment", "handmade-mlflow", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out / "report.html")
     from_mlflow = json.loads((out / "report.json").read_text())
+    assert (from_mlflow["planned"], from_mlflow["finished"]) == (len(TRIALS), len([t for t in TRIALS if t[5]]))
+    assert [u["trial_id"] for u in from_mlflow["unfinished"]] == ["t08"]
     parquet = build_report(load_folder(write_handmade(tmp_path / SWEEP)), tmp_path / "rep2")
     assert from_mlflow["tables"] == json.loads(parquet.data.read_text())["tables"]
     assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"]} == \
@@ -272,7 +272,7 @@ def test_report_from_mlflow_matches_parquet_and_is_logged(mlflow_server, tmp_pat
 def test_folder_report_logs_to_its_sweeps_parent_run(mlflow_server, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    parent = _log_handmade_sweep(mlflow_server, SWEEP + "-folder")
+    parent = _log_handmade_sweep(mlflow_server, SWEEP + "-folder", trials=[])  # the data comes from the folder
     folder = write_handmade(tmp_path / SWEEP)
     capsys.readouterr()
     assert main(["report", str(folder), "--tracking-uri", mlflow_server, "--experiment", SWEEP + "-folder"]) == 0
@@ -285,3 +285,12 @@ def test_unknown_experiment_names_the_valid_ones(mlflow_server, capsys):
     assert main(["report", "--tracking-uri", mlflow_server, "--experiment", "no-such-sweep"]) == 2
     err = capsys.readouterr().err
     assert "no MLflow experiment 'no-such-sweep'" in err and "valid:" in err and err.count("\n") == 1
+
+
+def test_no_parent_run_is_a_note_not_an_error(tmp_path, capsys):
+    folder = write_handmade(tmp_path / SWEEP)
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["report", str(folder), "--tracking-uri", uri]) == 0
+    captured = capsys.readouterr()
+    assert "no sweep parent run in MLflow experiment 'handmade'" in captured.err
+    assert Path(captured.out.strip().splitlines()[-1]).exists()

@@ -58,20 +58,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _log_to_mlflow(uri: str, experiment: str, folder: Path) -> int:
     """Log the report folder under ``report/`` of the sweep's parent run; a note if there is none."""
-    from rethink_dist.report import find_parent_run
+    from rethink_dist.report import log_to_parent_run
 
     try:
-        parent = find_parent_run(uri, experiment)
-        if parent is None:
-            print(f"rethink-dist: note: no sweep parent run in MLflow experiment {experiment!r} at {uri}; "
-                  "the report was not logged there", file=sys.stderr)
-            return 0
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient(uri).log_artifacts(parent, str(folder), artifact_path="report")
+        parent = log_to_parent_run(uri, experiment, folder)
     except Exception as e:  # the report is written; MLflow being unreachable should not hide it
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"rethink-dist: warning: could not log the report to MLflow at {uri}: {msg}", file=sys.stderr)
         return 1
-    print(f"rethink-dist: logged the report as artifacts 'report/' of MLflow run {parent}", file=sys.stderr)
+    if parent is None:
+        print(f"rethink-dist: note: no sweep parent run in MLflow experiment {experiment!r} at {uri}; "
+              "the report was not logged there", file=sys.stderr)
+    else:
+        print(f"rethink-dist: logged the report as artifacts 'report/' of MLflow run {parent}", file=sys.stderr)
     return 0

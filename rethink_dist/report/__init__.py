@@ -8,7 +8,8 @@ Pieces: ``paper`` (the paper's numbers), ``load`` (results -> one DataFrame), ``
 (Tables 1 and 2), ``figures`` (Figures 1a-2b and the memorization figure), ``render`` (files).
 """
 
-from rethink_dist.report.load import ReportError, Results, find_parent_run, load_folder, load_mlflow
+from rethink_dist.report.load import ReportError, Results, find_parent_run, load_folder, load_mlflow, log_to_parent_run
 from rethink_dist.report.render import Report, build_report
 
-__all__ = ["Report", "ReportError", "Results", "build_report", "find_parent_run", "load_folder", "load_mlflow"]
+__all__ = ["Report", "ReportError", "Results", "build_report", "find_parent_run", "load_folder", "load_mlflow",
+           "log_to_parent_run"]

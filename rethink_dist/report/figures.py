@@ -85,6 +85,14 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
+def _arch_colors(archs: list[str]) -> list:
+    """The same colour for an architecture in every figure: the paper's ones first, others after."""
+    palette = _colors(10)
+    others = sorted(a for a in archs if a not in ARCH_ORDER)
+    return [palette[(ARCH_ORDER.index(a) if a in ARCH_ORDER else len(ARCH_ORDER) + others.index(a)) % 10]
+            for a in archs]
+
+
 def _missing(fig: Fig, why: str) -> Fig:
     fig.missing = why
     return fig
@@ -131,7 +139,7 @@ def fig1b(results: Results, dataset: str) -> Fig:
     d = _by_level(results.finals(), dataset)
     fig, (ax,) = _canvas()
     archs = _arch_sorted(set(d["arch"]))
-    for arch, color in zip(archs, _colors(len(archs))):
+    for arch, color in zip(archs, _arch_colors(archs)):
         g = d[d["arch"] == arch]
         levels = sorted(set(g["label_level"]))
         ref = g.loc[g["label_level"] == 0, "steps_to_fit"].dropna()
@@ -146,6 +154,10 @@ def fig1b(results: Results, dataset: str) -> Fig:
             pts["unfitted"].append(int(s.isna().sum()))
         f.series[arch] = pts
         ax.plot(pts["x"], [np.nan if v is None else v for v in pts["y"]], "o-", color=color, label=arch)
+        never = [x for x, y, u in zip(pts["x"], pts["y"], pts["unfitted"]) if y is None and u]
+        if never:  # levels where no trial fitted: a cross at the top, not a point at 0
+            ax.plot(never, [0.96] * len(never), "x", color=color, ms=9, transform=ax.get_xaxis_transform(),
+                    label=f"{arch}: never fitted")
     if not f.series:
         return _missing(f, "needs finished unregularized trials of one architecture that fitted with true labels "
                            "and at least one label-corruption level")
@@ -165,7 +177,7 @@ def fig1c(results: Results, dataset: str) -> Fig:
     d = _by_level(results.finals(), dataset)
     fig, (ax,) = _canvas()
     archs = _arch_sorted(set(d["arch"]))
-    for arch, color in zip(archs, _colors(len(archs))):
+    for arch, color in zip(archs, _arch_colors(archs)):
         g = d[d["arch"] == arch]
         levels = sorted(set(g["label_level"]))
         if len(levels) < 2:
@@ -241,7 +253,7 @@ def fig2b(results: Results, dataset: str) -> Fig:
                            "(reg.batch_norm true and false)")
     fig, (ax,) = _canvas()
     archs = [a for a in ("Inception", "Inception w/o BN") if a in set(c["arch"])]
-    for arch, color in zip(archs, _colors(len(archs))):
+    for arch, color in zip(archs, _arch_colors(archs)):
         g = c[c["arch"] == arch]
         for what, col, style in (("train", "train_acc", "--"), ("test", "test_acc", "-")):
             runs = _runs(g, col)
@@ -268,7 +280,7 @@ def fig_memorization(results: Results, dataset: str) -> Fig:
                            "train_acc_clean and train_acc_corrupted")
     levels = sorted(set(c["label_level"]))
     archs = _arch_sorted(set(c["arch"]))
-    colors = dict(zip(archs, _colors(len(archs))))
+    colors = dict(zip(archs, _arch_colors(archs)))
     ncols = min(3, len(levels))
     nrows = math.ceil(len(levels) / ncols)
     fig, axes = _canvas(ncols, nrows, width=4.2, height=3.2)

@@ -223,6 +223,16 @@ def find_parent_run(tracking_uri: str, experiment: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def log_to_parent_run(tracking_uri: str, experiment: str, folder: str | Path) -> str | None:
+    """Log ``folder`` as artifacts ``report/`` of the sweep's parent run; its run id, or None if none."""
+    from mlflow.tracking import MlflowClient
+
+    parent = find_parent_run(tracking_uri, experiment)
+    if parent is not None:
+        MlflowClient(tracking_uri).log_artifacts(parent, str(folder), artifact_path="report")
+    return parent
+
+
 # ---------------------------------------------------------------------------------------- derive
 def _derive(rows: pd.DataFrame, where: str) -> pd.DataFrame:
     """Check the contract's columns, coerce types, and add the columns the report groups by."""

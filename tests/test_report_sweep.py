@@ -1,0 +1,102 @@
+"""The report of a real sweep: `python sweeps/quick.py --smoke` (a few tiny trials on digits, a
+local Ray), then `rethink-dist report` on its folder and on its MLflow store; the cells must be
+the sweep's own numbers, the figures the expected series, and the HTML must load in Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_report_browser import browser, check_report_page  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Run the smoke sweep once; yields its ``<storage>/<sweep>`` folder."""
+    storage = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+    out = subprocess.run([sys.executable, "sweeps/quick.py", "--smoke", "--storage", str(storage)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    folders = [p for p in storage.iterdir() if (p / "trials.parquet").exists()]
+    assert len(folders) == 1, list(storage.iterdir())
+    return folders[0]
+
+
+def _report(args: list[str]) -> tuple[Path, str]:
+    out = subprocess.run([sys.executable, "-m", "rethink_dist.cli", "report", *args], cwd=REPO,
+                         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return Path(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+def test_report_of_a_real_smoke_sweep(smoke, browser):  # noqa: F811
+    html, err = _report([str(smoke)])
+    assert html == smoke / "report" / "report.html" and html.exists()
+    data = json.loads((smoke / "report" / "report.json").read_text())
+    rows = pd.read_parquet(smoke / "trials.parquet")
+    plan = json.loads((smoke / "sweep.json").read_text())
+    assert data["planned"] == len(plan["trials"]) and data["finished"] == rows.loc[rows["finished"], "trial_id"].nunique()
+
+    # Table 1 on digits: one row per (architecture, true/random labels) of the sweep, the trial's own numbers.
+    t1 = next(t for t in data["tables"] if t["id"] == "table1-digits")
+    assert "paper_test" not in t1["columns"]  # the paper's numbers are for CIFAR-10
+    last = rows[rows["finished"]]
+    table_trials = last[last["corruption.kind"].isin(["none"]) |
+                        ((last["corruption.kind"] == "labels") & last["corruption.level"].isin([0.0, 1.0]))]
+    assert len(table_trials) > 0
+    for _, trial in table_trials.iterrows():
+        name = {"mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512", "alexnet_small": "AlexNet"}[trial["model.name"]]
+        labels = "random" if trial["corruption.kind"] == "labels" and trial["corruption.level"] == 1.0 else "true"
+        (row,) = [r for r in t1["rows"] if r["model"] == name and r["labels"] == labels]
+        assert row["n"] == 1 and row["train_std"] is None
+        assert row["train"] == pytest.approx(100 * trial["train_acc"])
+        assert row["test"] == pytest.approx(100 * trial["test_acc"])
+
+    # Figures: each one drawn has a series per corruption kind / setting that the sweep ran.
+    figs = {f["id"]: f for f in data["figures"]}
+    kinds = {"none": "true labels", "gaussian": "gaussian", "shuffled_pixels": "shuffled pixels",
+             "random_pixels": "random pixels"}
+    fig1a = figs["fig1a-digits"]
+    ran = {kinds.get(k, k) for k in last["corruption.kind"]}
+    assert set(fig1a["series"]) <= ran and len(fig1a["series"]) >= 2 and fig1a["file"]
+    for series in fig1a["series"].values():
+        for run in series:
+            mine = rows[rows["trial_id"] == run["trial_id"]].sort_values("epoch")
+            assert run["y"] == pytest.approx(list(mine["train_loss"]))
+            assert run["x"] == pytest.approx(list(mine["step"] / 1000))
+    assert set(figs["fig2a-digits"]["series"]) == {"no regularizer"}  # quick.py runs no regularizer
+    assert figs["fig2b-digits"]["missing"]  # no inception_small in quick.py
+    check_report_page(browser, html, sum(1 for f in data["figures"] if f["file"]))
+
+    # Logged as artifacts of the sweep's parent run in its own MLflow store (recorded in sweep.json).
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(plan["tracking_uri"])
+    exp = client.get_experiment_by_name(plan["sweep"])
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`rethink.role` = 'sweep'")
+    assert f"MLflow run {parent.info.run_id}" in err
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/report.json"} <= logged
+
+
+def test_report_from_the_sweeps_mlflow_store_agrees(smoke, tmp_path):
+    plan = json.loads((smoke / "sweep.json").read_text())
+    html, _ = _report(["--tracking-uri", plan["tracking_uri"], "--experiment", plan["sweep"], "--out",
+                       str(tmp_path / "from-mlflow"), "--no-mlflow"])
+    from_mlflow = json.loads((html.parent / "report.json").read_text())
+    folder, _ = _report([str(smoke), "--out", str(tmp_path / "from-folder"), "--no-mlflow"])
+    from_folder = json.loads((folder.parent / "report.json").read_text())
+    assert from_mlflow["finished"] == from_folder["finished"] > 0
+    assert from_mlflow["tables"] == from_folder["tables"]
+    assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"]} == \
+        {f["id"]: sorted(f["series"]) for f in from_folder["figures"]}
