@@ -119,6 +119,7 @@ def _markdown(head: dict[str, Any], tabs: list[Table], figs: list[Fig]) -> str:
 # ---------------------------------------------------------------------------------------- html
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+.tablewrap { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5em 0 0.3em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.55em; text-align: right; }
 th { background: #f3f3f3; }
@@ -143,8 +144,8 @@ def _html_table(t: Table) -> str:
             cells.append(f'<td class="{cls}">{e(text)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f"<li>{e(n)}</li>" for n in t.notes)
-    return (f'<h2 id="{e(t.id)}">{e(t.title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>\n'
-            + "\n".join(body) + f'\n</tbody></table>\n<ul class="notes">{notes}</ul>\n')
+    return (f'<h2 id="{e(t.id)}">{e(t.title)}</h2>\n<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>\n'
+            + "\n".join(body) + f'\n</tbody></table></div>\n<ul class="notes">{notes}</ul>\n')
 
 
 def _html_figure(f: Fig) -> str:
