@@ -151,8 +151,10 @@ class TrialConfig:
         return _flatten(self.resolved().to_dict())
 
     def fingerprint(self) -> str:
-        """A short stable hash of the config (resolved), for ids and deduplication."""
-        blob = json.dumps(self.resolved().to_dict(), sort_keys=True, default=str)
+        """A short stable hash of what determines the results (the resolved config without resources)."""
+        d = self.resolved().to_dict()
+        d.pop("resources")  # where a trial runs does not change what it computes
+        blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     # ------------------------------------------------------------------ defaults

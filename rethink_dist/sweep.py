@@ -112,8 +112,24 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: bool = False) -> Sweep:
-    """Import a sweep file and check every trial; raises SweepError naming the file and trial."""
+def unique(items: list[Any]) -> list[Any]:
+    """The items in order without repeats: sweep files that compose several grids call this."""
+    out, seen = [], set()
+    for item in items:
+        body = item.to_dict() if isinstance(item, TrialConfig) else item
+        key = json.dumps(body, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: bool = False,
+               resources: dict[str, float] | None = None) -> Sweep:
+    """Import a sweep file and check every trial; raises SweepError naming the file and trial.
+
+    ``resources`` (e.g. ``{"gpus": 0.5}``) overrides every network trial's resources.
+    """
     path = Path(path).resolve()
     module = _import_file(path)
     name = getattr(module, "NAME", None)
@@ -133,6 +149,8 @@ def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: boo
     if smoke:
         items = smoke_items(items)
         name = f"{name}-smoke"
+    if resources:
+        items = [_with_resources(item, resources, i, path) for i, item in enumerate(items)]
     specs = [_spec_from_item(item, i, path) for i, item in enumerate(items)]
     seen: dict[str, int] = {}
     for i, s in enumerate(specs):
@@ -142,6 +160,16 @@ def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: boo
         seen[key] = i
     _check_data(specs, path)
     return Sweep(name, str(path), specs, (module.__doc__ or "").strip())
+
+
+def _with_resources(item: Any, resources: dict[str, float], index: int, path: Path) -> Any:
+    if isinstance(item, dict) and item.get("kind") in THEORY_KINDS:
+        return item
+    try:
+        cfg = item if isinstance(item, TrialConfig) else TrialConfig.from_dict(item)
+        return cfg.replace(**{f"resources.{k}": v for k, v in resources.items()})
+    except (ConfigError, TypeError) as e:
+        raise SweepError(f"sweep file {str(path)!r}, trial {index}: {e}") from None
 
 
 def smoke_items(items: list[Any], max_trials: int = 4) -> list[Any]:
@@ -157,7 +185,7 @@ def smoke_items(items: list[Any], max_trials: int = 4) -> list[Any]:
         else:
             cfg = item if isinstance(item, TrialConfig) else TrialConfig.from_dict(item)
             small = cfg.replace(**{"optim.epochs": 2, "data.max_train": min(cfg.data.max_train or 256, 256),
-                                   "stop.stop_when_fitted": False})
+                                   "stop.stop_when_fitted": False, "resources.gpus": 0.0})
             key = json.dumps(small.to_dict(), sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
@@ -513,6 +541,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep: only unfinished trials run")
     p.add_argument("--smoke", action="store_true", help="a few tiny trials of this sweep (about a minute)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--cpus-per-trial", type=float, help="override every network trial's CPUs")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="override every network trial's GPUs (fractions share a GPU: 0.25 = four trials per GPU)")
     p.add_argument("--ray-address", help="Ray cluster address; 'local' starts a new local Ray "
                                          "(default: $RAY_ADDRESS, else this node's cluster, else local)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
@@ -536,7 +567,8 @@ def print_summary(rows: list[dict[str, Any]], stream=sys.stdout) -> None:
 def run_from_args(path: str, args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise SweepError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
-    sweep = load_sweep(path, data_root=args.data_root, smoke=args.smoke)
+    overrides = {k: v for k, v in (("cpus", args.cpus_per_trial), ("gpus", args.gpus_per_trial)) if v is not None}
+    sweep = load_sweep(path, data_root=args.data_root, smoke=args.smoke, resources=overrides)
     if args.dry_run:
         for s in sweep.trials:
             print(f"{s.trial_id}  {s.kind:<12} {s.run_name}")

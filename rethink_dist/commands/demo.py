@@ -1,0 +1,44 @@
+"""rethink-dist demo: the main job on any machine: sweeps/quick.py on the embedded digits, then its report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "demo"
+HELP = "run sweeps/quick.py (digits, no network, no GPU needed), print its table and write its report"
+QUICK = Path(__file__).resolve().parents[2] / "sweeps" / "quick.py"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default="results", help="results folder (default ./results)")
+    p.add_argument("--smoke", action="store_true", help="a few tiny trials instead of the whole sweep")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rethink_dist.cli import UsageError
+
+    if not QUICK.is_file():
+        raise UsageError(f"demo: {str(QUICK)!r} is missing: run the demo from a rethink-dist checkout")
+    from rethink_dist.sweep import DEFAULT_STORAGE, _can_restore, load_sweep, print_summary, run_sweep
+
+    sweep = load_sweep(QUICK, smoke=args.smoke)
+    storage = str(Path(args.storage or DEFAULT_STORAGE).resolve())
+    resume = _can_restore(f"{storage}/{sweep.name}/tune")
+    print(f"demo: sweep {sweep.name!r} ({len(sweep.trials)} trials) into {storage}"
+          + (" (continuing the earlier run)" if resume else ""), file=sys.stderr, flush=True)
+    out = run_sweep(sweep, storage=storage, resume=resume, ray_address="local", num_cpus=args.num_cpus)
+    print(f"\nsweep {sweep.name!r}: {len(out['summary'])}/{out['planned']} trials with results, {out['errors']} failed")
+    print_summary(out["summary"])
+
+    from rethink_dist.commands import report
+
+    print(f"\nParquet table: {out['parquet']}")
+    print(f"MLflow store:  {out['tracking_uri']}  (experiment {out['experiment']!r})")
+    print(f"MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {out['tracking_uri']} --host 127.0.0.1")
+    print("Report:        ", end="", flush=True)
+    rc = report.run(argparse.Namespace(results=out["results_dir"], out=None, tracking_uri=None, experiment=None,
+                                       no_mlflow=False))
+    return 1 if out["errors"] else rc

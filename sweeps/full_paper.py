@@ -1,0 +1,74 @@
+"""Every CIFAR-10 experiment of Zhang et al. (ICLR 2017), as one sweep.
+
+- Table 1: Inception (with and without BatchNorm), small AlexNet, MLP 3x512 and MLP 1x512, each
+  with random crop on/off x weight decay on/off (5e-4 for conv nets, 1e-4 for MLPs [open]),
+  plus random labels with no regularizer.
+- Figure 1a: Inception on true labels, random labels, shuffled pixels, random pixels, gaussian.
+- Figures 1b and 1c: Inception, AlexNet and MLP 1x512 at label corruption 0.0, 0.1, ..., 1.0,
+  each stopped once it fits its training set (time to overfit; test error at fit).
+- Figure 2b: Inception with and without BatchNorm, accuracy over training (from Table 1's runs).
+The paper's learning rates (0.1 Inception, 0.01 AlexNet and MLPs), decay 0.95 per epoch,
+momentum 0.9, batch 128; 100 epochs at most [open]. Trials that serve several figures run once.
+
+Run (on a cluster, after `ray up cluster/aws.yaml`):
+    ray submit cluster/aws.yaml sweeps/full_paper.py -- --data-root /data/cifar10 \
+        --storage s3://BUCKET/rethink --results-dir ~/results --tracking-uri http://HEAD:5000
+Locally: python sweeps/full_paper.py --data-root DIR   (DIR holds cifar-10-batches-py)
+Expected compute: 61 trials x up to 100 epochs of 50,000 images (GPU-hours: see README
+"Running on a cluster"; four trials share a GPU at 0.25 GPU per trial).
+Smoke: python sweeps/full_paper.py --smoke --data-root DIR (4 tiny trials, about a minute).
+"""
+
+from rethink_dist.config import TrialConfig, paper_weight_decay
+
+NAME = "full_paper"
+SEEDS = (0,)
+MAX_EPOCHS = 100
+LEVELS = tuple(round(0.1 * i, 1) for i in range(11))
+TABLE1_ARCHS = (("inception_small", True), ("inception_small", False), ("alexnet_small", True),
+                ("mlp_3x512", True), ("mlp_1x512", True))
+FIG1BC_ARCHS = ("inception_small", "alexnet_small", "mlp_1x512")
+RESOURCES = {"cpus": 1.0, "gpus": 0.25}  # four CIFAR-10 trials share one GPU
+
+
+def trial(data_root, arch, batch_norm=True, augment=False, weight_decay=0.0, corruption="none", level=0.0,
+          stop_when_fitted=False, seed=0):
+    return TrialConfig.from_dict({
+        "data": {"name": "cifar10", "root": data_root},
+        "corruption": {"kind": corruption, "level": level, "seed": seed},
+        "model": {"name": arch},
+        "optim": {"epochs": MAX_EPOCHS},
+        "reg": {"augment": augment, "weight_decay": weight_decay, "batch_norm": batch_norm},
+        "stop": {"stop_when_fitted": stop_when_fitted},
+        "resources": RESOURCES,
+        "seed": seed,
+    })
+
+
+def trials(data_root=None):
+    from rethink_dist.sweep import unique
+
+    grid = []
+    for seed in SEEDS:
+        # Table 1 (and Figure 2b: the BatchNorm pair is in here)
+        for arch, bn in TABLE1_ARCHS:
+            for augment in (True, False):
+                for wd in (paper_weight_decay(arch), 0.0):
+                    grid.append(trial(data_root, arch, bn, augment, wd, seed=seed))
+            grid.append(trial(data_root, arch, bn, corruption="labels", level=1.0, seed=seed))
+        # Figure 1a
+        for kind in ("none", "shuffled_pixels", "random_pixels", "gaussian"):
+            grid.append(trial(data_root, "inception_small", corruption=kind, seed=seed))
+        grid.append(trial(data_root, "inception_small", corruption="labels", level=1.0, seed=seed))
+        # Figures 1b and 1c
+        for arch in FIG1BC_ARCHS:
+            for level in LEVELS:
+                kind = "labels" if level > 0 else "none"
+                grid.append(trial(data_root, arch, corruption=kind, level=level, stop_when_fitted=True, seed=seed))
+    return unique(grid)
+
+
+if __name__ == "__main__":
+    from rethink_dist.sweep import main
+
+    raise SystemExit(main(__file__))

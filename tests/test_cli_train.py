@@ -1,0 +1,100 @@
+"""`rethink-dist train` end to end on the embedded digits, and its answers to bad input."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+CLI = [sys.executable, "-m", "rethink_dist.cli"]
+
+
+def run(args, **kw):
+    return subprocess.run(CLI + args, capture_output=True, text=True, **kw)
+
+
+def train_json(tmp_path, *args):
+    out = tmp_path / "out.json"
+    t0 = time.time()
+    p = run(["train", "--quiet", "--json", str(out), *args])
+    assert p.returncode == 0, p.stderr
+    result = json.loads(out.read_text())
+    result["wall"] = time.time() - t0
+    return result
+
+
+def test_mlp_memorizes_random_labels(tmp_path):
+    r = train_json(tmp_path, "--arch", "mlp_1x512", "--corruption", "labels", "--level", "1.0")
+    s = r["summary"]
+    assert s["train_acc"] >= 0.99
+    assert abs(s["test_acc"] - 0.1) <= 0.05
+    assert s["steps_to_fit"] is not None and r["wall"] < 120
+    h = r["history"]
+    keys = {"epoch", "step", "train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "test_acc", "lr",
+            "images_per_s", "seconds"}
+    assert keys <= set(h[0])
+    assert [e["epoch"] for e in h] == list(range(1, len(h) + 1))
+    assert h[-1]["train_acc_corrupted"] >= 0.99  # the changed labels are memorized too
+    assert r["config"]["corruption"]["level"] == 1.0 and r["config"]["optim"]["lr"] == 0.01
+
+
+def test_mlp_generalizes_on_true_labels(tmp_path):
+    r = train_json(tmp_path, "--arch", "mlp_1x512", "--corruption", "none", "--epochs", "300")
+    assert r["summary"]["test_acc"] >= 0.90
+    assert r["history"][-1]["train_acc_corrupted"] is None  # no label changed
+    assert r["wall"] < 120
+
+
+def test_alexnet_fits_random_labels(tmp_path):
+    r = train_json(tmp_path, "--arch", "alexnet_small", "--corruption", "labels", "--level", "1.0",
+                   "--stop-when-fitted")
+    assert r["summary"]["train_acc"] >= 0.99 and r["summary"]["fitted"]
+    assert abs(r["summary"]["test_acc"] - 0.1) <= 0.05
+    assert r["wall"] < 120
+
+
+def test_config_file_and_flags(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": {"name": "mlp_3x512"}, "optim": {"epochs": 2}}))
+    r = train_json(tmp_path, "--config", str(cfg), "--epochs", "3", "--max-train", "200")
+    assert r["config"]["model"]["name"] == "mlp_3x512" and r["summary"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--arch", "resnet"], "unknown architecture 'resnet'; valid:"),
+    (["train", "--dataset", "mnist"], "unknown dataset 'mnist'; valid:"),
+    (["train", "--corruption", "blur"], "valid: none, labels, shuffled_pixels"),
+    (["train", "--corruption", "labels", "--level", "1.5"], "level=1.5 is out of range"),
+    (["train", "--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["train", "--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], "'/nonexistent/cifar' does not exist"),
+    (["train", "--dataset", "cifar10"], "needs --data-root"),
+    (["train", "--epochs", "x"], "invalid int value"),
+    (["models", "--input-shape", "3,28"], "invalid input shape"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, args, needle):
+    out = tmp_path / "never.json"
+    p = run(args + ["--json", str(out)] if args[0] == "train" else args)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert needle in lines[0] and "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+def test_config_file_with_unknown_key(tmp_path):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps({"optim": {"learning_rate": 0.1}}))
+    p = run(["train", "--config", str(cfg)])
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "rethink-dist: error: unknown config key 'optim.learning_rate'; valid: optim.lr, optim.momentum, "
+        "optim.lr_decay, optim.batch_size, optim.epochs"]
+
+
+def test_help_imports_nothing_heavy():
+    p = run(["train", "--help"])
+    assert p.returncode == 0 and "--corruption" in p.stdout and "--no-augment" in p.stdout
+    code = "import sys, rethink_dist.cli as c; c.build_parser(); print('torch' in sys.modules, 'ray' in sys.modules)"
+    q = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert q.stdout.split() == ["False", "False"]

@@ -1,0 +1,243 @@
+"""Sweeps on a real Ray cluster, logging to a real MLflow server and to Parquet; failures and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rethink_dist.sweep import load_sweep, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_sweep(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def mlflow_runs(tracking_uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r}"
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def child_runs(runs):
+    return [r for r in runs if r.data.tags.get("rethink.role") == "trial"]
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def read_parquet(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_parquet(path)
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad sweep files fail before any trial starts
+# ---------------------------------------------------------------------------------------------
+BAD_SWEEPS = {
+    "syntax": ("NAME = 'x'\ndef trials(data_root=None)\n    return []\n", "syntax error at line 2"),
+    "empty": ("NAME = 'x'\ndef trials(data_root=None):\n    return []\n", "empty grid"),
+    "invalid": ("NAME = 'x'\ndef trials(data_root=None):\n"
+                "    return [{}, {'corruption': {'kind': 'labels', 'level': 2.0}}]\n",
+                "trial 1: corruption.level=2.0 is out of range"),
+    "dataset": ("NAME = 'x'\ndef trials(data_root=None):\n    return [{'data': {'name': 'mnist'}}]\n",
+                "trial 0: unknown dataset 'mnist'"),
+    "noname": ("def trials(data_root=None):\n    return [{}]\n", "must define NAME"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SWEEPS))
+def test_bad_sweep_file_fails_before_ray(tmp_path, case):
+    body, needle = BAD_SWEEPS[case]
+    path = tmp_path / f"bad_{case}.py"
+    path.write_text(body)
+    p = subprocess.run([sys.executable, "-m", "rethink_dist.cli", "sweep", str(path), "--storage",
+                        str(tmp_path / "out"), "--ray-address", "local"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and str(path) in lines[0], p.stderr
+    assert "Ray" not in p.stderr and not (tmp_path / "out").exists()
+
+
+def test_missing_data_root_fails_before_ray(tmp_path):
+    p = subprocess.run([sys.executable, str(REPO / "sweeps" / "full_paper.py"), "--data-root",
+                        str(tmp_path / "nope"), "--storage", str(tmp_path / "out"), "--ray-address", "local"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "does not exist" in p.stderr and "full_paper.py" in p.stderr, p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A smoke sweep on two nodes, into a real MLflow server and Parquet
+# ---------------------------------------------------------------------------------------------
+def test_smoke_sweep_on_two_nodes(ray_two_nodes, mlflow_server, tmp_path):
+    sweep = load_sweep(REPO / "sweeps" / "quick.py", smoke=True)
+    assert 2 <= len(sweep.trials) <= 4
+    out = run_sweep(sweep, storage=str(tmp_path / "store"), tracking_uri=mlflow_server, verbose=0)
+    assert out["errors"] == 0 and len(out["summary"]) == len(sweep.trials)
+
+    df = pd.read_parquet(out["parquet"])
+    assert set(df["trial_id"]) == {t.trial_id for t in sweep.trials}
+    assert not df.duplicated(["trial_id", "epoch"]).any()
+    assert df["node_id"].nunique() == 2, "trials were not placed on both nodes"
+
+    client, runs = mlflow_runs(mlflow_server, sweep.name)
+    parents = [r for r in runs if r.data.tags.get("rethink.role") == "sweep"]
+    children = child_runs(runs)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == len(sweep.trials)
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        tid = run.data.tags["rethink.trial_id"]
+        spec = next(t for t in sweep.trials if t.trial_id == tid)
+        for key, value in spec.flat().items():
+            assert run.data.params[key] == str(value), key
+        assert run.data.tags["rethink.dataset_fingerprint"] == run.data.params["meta.dataset_fingerprint"]
+        rows = df[df["trial_id"] == tid].sort_values("epoch")
+        for metric in ("train_acc", "test_acc", "train_loss", "lr"):
+            hist = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
+            assert [m.step for m in hist] == list(rows["epoch"]), metric
+            assert np.allclose([m.value for m in hist], rows[metric].to_numpy()), metric
+        assert run.data.metrics["summary.epochs"] == rows["epoch"].max()
+        assert bool(rows["finished"].iloc[-1]) and not rows["finished"].iloc[:-1].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# A killed trial worker resumes from its last checkpoint
+# ---------------------------------------------------------------------------------------------
+LONG_TRIAL = """
+NAME = "killme"
+
+def trials(data_root=None):
+    return [{"model": {"name": "alexnet_small"}, "corruption": {"kind": "labels", "level": 1.0, "seed": 7},
+             "optim": {"epochs": EPOCHS}, "data": {"max_train": 700}}]
+"""
+
+
+def test_killed_worker_resumes_from_checkpoint(ray_two_nodes, mlflow_server, tmp_path):
+    epochs = 40
+    path = write_sweep(tmp_path, "killme", LONG_TRIAL.replace("EPOCHS", str(epochs)))
+    sweep = load_sweep(path)
+    parquet = tmp_path / "store" / "killme" / "trials.parquet"
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(
+        run_sweep(sweep, storage=str(tmp_path / "store"), tracking_uri=mlflow_server, verbose=0)))
+    runner.start()
+    try:
+        df = wait_for(lambda: (d := read_parquet(parquet)) is not None and d["epoch"].max() >= 3 and d,
+                      180, "the trial to report 3 epochs")
+        assert df["epoch"].max() < epochs, "the trial finished before it could be killed: make it longer"
+        victim = int(df["pid"].iloc[-1])
+        os.kill(victim, signal.SIGKILL)  # the trial's Ray worker process, started by this test's sweep
+    finally:
+        runner.join(timeout=600)
+    assert not runner.is_alive() and result.get("errors") == 0, result
+
+    df = pd.read_parquet(parquet).sort_values("epoch")
+    assert list(df["epoch"]) == list(range(1, epochs + 1)), "gap or repeated epoch"
+    pids = list(df["pid"])
+    assert victim in pids and len(set(pids)) == 2, "the trial did not move to a new worker"
+    first_new = pids.index(next(p for p in pids if p != victim)) + 1
+    assert first_new > 1, "the retried trial restarted from scratch instead of its checkpoint"
+    assert df["labels_fingerprint"].nunique() == 1
+    # the same corrupted labels as the corruption function gives in this process
+    from rethink_dist.config import TrialConfig
+    from rethink_dist.data import load
+    from rethink_dist.data.memory import corrupt_dataset
+    from rethink_dist.train import labels_fingerprint
+
+    cfg = TrialConfig.from_dict(sweep.trials[0].config)
+    arrays = corrupt_dataset(load("digits").subset_train(700), cfg.corruption)
+    assert df["labels_fingerprint"].iloc[0] == labels_fingerprint(arrays.train_y)
+
+    client, runs = mlflow_runs(mlflow_server, "killme")
+    children = child_runs(runs)
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "train_acc")]
+    assert sorted(steps) == list(range(1, epochs + 1)), "MLflow has a gap or a repeated epoch"
+
+
+# ---------------------------------------------------------------------------------------------
+# An interrupted driver resumes with --resume; finished trials are not rerun
+# ---------------------------------------------------------------------------------------------
+THREE_TRIALS = """
+NAME = "resumable"
+
+def trials(data_root=None):
+    return [{"model": {"name": "mlp_3x512"}, "corruption": {"kind": "labels", "level": level},
+             "optim": {"epochs": 60}} for level in (0.0, 0.5, 1.0)]
+"""
+
+
+def test_interrupted_driver_resumes(tmp_path):
+    path = write_sweep(tmp_path, "resumable", THREE_TRIALS)
+    store = tmp_path / "store"
+    parquet = store / "resumable" / "trials.parquet"
+    cmd = [sys.executable, str(path), "--storage", str(store), "--ray-address", "local", "--num-cpus", "1",
+           "--max-concurrent", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        df = wait_for(lambda: (d := read_parquet(parquet)) is not None and d["finished"].any() and d,
+                      300, "one trial to finish")
+        os.killpg(first.pid, signal.SIGINT)  # Ctrl-C of the driver (its own process group)
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    before = pd.read_parquet(parquet)
+    done_before = set(before.loc[before["finished"], "trial_id"])
+    assert 1 <= len(done_before) < 3, "interrupt came too late to test a resume"
+    rows_before = before[before["trial_id"].isin(done_before)].sort_values(["trial_id", "epoch"])
+
+    # without --resume the existing sweep is refused, not mixed
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    second = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    after = pd.read_parquet(parquet)
+    assert after.groupby("trial_id")["finished"].any().all() and after["trial_id"].nunique() == 3
+    assert not after.duplicated(["trial_id", "epoch"]).any()
+    rows_after = after[after["trial_id"].isin(done_before)].sort_values(["trial_id", "epoch"])
+    assert list(rows_after["pid"]) == list(rows_before["pid"]), "a finished trial was rerun"
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    client, runs = mlflow_runs(uri, "resumable")
+    children = child_runs(runs)
+    assert len(children) == 3 and {r.data.tags["rethink.trial_id"] for r in children} == set(after["trial_id"])
+    assert len([r for r in runs if r.data.tags.get("rethink.role") == "sweep"]) == 1
+    for run in children:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, 61))
+    plan = json.loads((store / "resumable" / "sweep.json").read_text())
+    assert [t["trial_id"] for t in plan["trials"]] == sorted(after["trial_id"].unique())
