@@ -395,6 +395,8 @@ class TokenCluster:
         self.api = f"http://127.0.0.1:{self.dashboard_port}"
         # Ray's session folder holds Unix sockets (paths of at most 107 bytes): a short folder of its own.
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="rd-ray-"))
+        # (Ray turns --node-ip-address=127.0.0.1 into this machine's address for its own GCS and
+        # raylet ports; the services the test chooses, the dashboard and MLflow, stay on 127.0.0.1.)
         common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=100000000",
                   f"--temp-dir={self.ray_tmp}", "--disable-usage-stats", "--block"]
         self.head = self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=true",
@@ -536,7 +538,8 @@ def test_job_submit_survives_losing_the_worker_node(token_cluster, mlflow_server
     lost = sorted((r for r in rows if r["trial_id"] == killed_trial), key=lambda r: r["epoch"])
     kept = [r["epoch"] for r in lost if r["pid"] in worker_pids]
     assert kept and kept == list(range(1, len(kept) + 1)), kept
-    assert set(epochs_on_lost_node) >= set(kept) and len(kept) >= 2
+    # (the lost node may have reported an epoch or two more than the test saw before killing it)
+    assert set(kept) >= set(epochs_on_lost_node) and len(kept) >= 2, (kept, epochs_on_lost_node)
     assert all(r["pid"] not in worker_pids for r in lost[len(kept):])
 
     # MLflow: one run per trial (the retry continued the lost trial's run), every epoch logged once.
