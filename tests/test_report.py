@@ -233,6 +233,7 @@ def _log_handmade_sweep(uri: str, experiment: str, trials: list = TRIALS) -> str
     client = MlflowClient(uri)
     exp = client.create_experiment(experiment)
     parent = client.create_run(exp, run_name=experiment, tags={"rethink.role": "sweep", "rethink.sweep": experiment})
+    client.log_param(parent.info.run_id, "num_trials", str(len(trials) + 1))  # one planned trial never started
     for tid, flat, train, test, n_epochs, finished in trials:
         run = client.create_run(exp, run_name=f"{tid}_{flat['model.name']}", tags={
             "mlflow.parentRunId": parent.info.run_id, "rethink.role": "trial", "rethink.sweep": experiment,
@@ -259,8 +260,9 @@ def test_report_from_mlflow_matches_parquet_and_is_logged(mlflow_server, tmp_pat
     assert main(["report", "--tracking-uri", mlflow_server, "--experiment", "handmade-mlflow", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out / "report.html")
     from_mlflow = json.loads((out / "report.json").read_text())
-    assert (from_mlflow["planned"], from_mlflow["finished"]) == (len(TRIALS), len([t for t in TRIALS if t[5]]))
-    assert [u["trial_id"] for u in from_mlflow["unfinished"]] == ["t08"]
+    assert (from_mlflow["planned"], from_mlflow["finished"]) == (len(TRIALS) + 1, len([t for t in TRIALS if t[5]]))
+    assert [u["trial_id"] for u in from_mlflow["unfinished"]] == ["t08"] and from_mlflow["not_started"] == 1
+    assert "1 more planned trial(s) have no MLflow run yet" in (out / "report.html").read_text()
     parquet = build_report(load_folder(write_handmade(tmp_path / SWEEP)), tmp_path / "rep2")
     assert from_mlflow["tables"] == json.loads(parquet.data.read_text())["tables"]
     assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"]} == \

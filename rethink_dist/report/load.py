@@ -39,6 +39,8 @@ class Results:
     planned: list[dict[str, Any]] = field(default_factory=list)  # {"trial_id", "run_name", "flat"}
     tracking_uri: str | None = None
     experiment: str | None = None
+    # Planned trials known only by count: from MLflow, the parent run's num_trials minus the runs seen.
+    not_started: int = 0
 
     def finals(self) -> pd.DataFrame:
         """One row per finished trial: its last epoch."""
@@ -153,6 +155,7 @@ def load_mlflow(tracking_uri: str, experiment: str) -> Results:
             raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}; "
                               f"valid: {', '.join(names) or 'none'}")
         runs = _search_all(client, exp.experiment_id, "tags.`rethink.role` = 'trial'")
+        parents = _search_all(client, exp.experiment_id, "tags.`rethink.role` = 'sweep'")
     except MlflowException as e:
         raise ReportError(f"cannot read MLflow at {tracking_uri}: {str(e).splitlines()[0]}") from None
     except OSError as e:
@@ -182,8 +185,10 @@ def load_mlflow(tracking_uri: str, experiment: str) -> Results:
     for c in REQUIRED:
         if c not in rows:
             rows[c] = float("nan") if c == "step" else None
+    num_trials = _param(parents[0].data.params.get("num_trials", "0")) if parents else 0
+    not_started = max(0, num_trials - len(runs)) if isinstance(num_trials, int) else 0
     return Results(experiment, f"{tracking_uri} experiment {experiment}", _derive(rows, f"MLflow experiment {experiment!r}"),
-                   planned, tracking_uri, experiment)
+                   planned, tracking_uri, experiment, not_started)
 
 
 def _search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:

@@ -39,7 +39,7 @@ def build_report(results: Results, out: str | Path) -> Report:
     """Build every table and figure of ``results`` and write them to the folder ``out``."""
     out = Path(out).resolve()
     tabs, figs, unfinished = tables(results), figures(results), results.unfinished()
-    n_planned, n_done = len(results.planned), int(results.finals()["trial_id"].nunique())
+    n_planned, n_done = len(results.planned) + results.not_started, int(results.finals()["trial_id"].nunique())
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -49,7 +49,7 @@ def build_report(results: Results, out: str | Path) -> Report:
             if f.png:
                 (tmp / "figures" / f"{f.id}.png").write_bytes(f.png)
         head = {"sweep": results.sweep, "source": results.source, "generated": generated,
-                "planned": n_planned, "finished": n_done, "unfinished": unfinished}
+                "planned": n_planned, "finished": n_done, "unfinished": unfinished, "not_started": results.not_started}
         (tmp / "report.json").write_text(json.dumps(
             {**head, "tables": [t.to_json() for t in tabs], "figures": [f.to_json() for f in figs]},
             indent=1, default=_json_default))
@@ -96,15 +96,25 @@ def _progress(u: dict[str, Any]) -> str:
     return f"stopped or running at epoch {u['epoch']}{of}"
 
 
+def _n_unfinished(head: dict[str, Any]) -> int:
+    return len(head["unfinished"]) + head["not_started"]
+
+
+def _not_started(head: dict[str, Any]) -> str:
+    return f"{head['not_started']} more planned trial(s) have no MLflow run yet: not started"
+
+
 def _markdown(head: dict[str, Any], tabs: list[Table], figs: list[Fig]) -> str:
     out = [f"# Report: sweep `{head['sweep']}`", "",
            f"Source: `{head['source']}`. Generated {head['generated']}. "
-           f"Trials: {head['planned']} planned, {head['finished']} finished, {len(head['unfinished'])} unfinished.",
+           f"Trials: {head['planned']} planned, {head['finished']} finished, {_n_unfinished(head)} unfinished.",
            f"Compared with: {PAPER_CITATION}", "",
            "Only finished trials enter the tables and figures. A missing value is shown as —, never as 0.", ""]
-    if head["unfinished"]:
+    if _n_unfinished(head):
         out += ["## Unfinished trials", ""]
         out += [f"- `{u['run_name']}` ({u['trial_id']}): {_progress(u)}" for u in head["unfinished"]]
+        if head["not_started"]:
+            out.append(f"- {_not_started(head)}")
         out.append("")
     for t in tabs:
         out += [f"## {t.title}", "", _md_table(t), ""] + [f"- {n}" for n in t.notes] + [""]
@@ -166,12 +176,13 @@ def _html(head: dict[str, Any], tabs: list[Table], figs: list[Fig]) -> str:
              f"<h1>Report: sweep <code>{e(head['sweep'])}</code></h1>",
              f"<p>Source: <code>{e(head['source'])}</code>. Generated {e(head['generated'])}. "
              f"Trials: {head['planned']} planned, {head['finished']} finished, "
-             f"{len(head['unfinished'])} unfinished.</p>",
+             f"{_n_unfinished(head)} unfinished.</p>",
              f"<p>Compared with: {e(PAPER_CITATION)}</p>",
              "<p>Only finished trials enter the tables and figures. A missing value is shown as —, never as 0.</p>"]
-    if head["unfinished"]:
+    if _n_unfinished(head):
         items = "".join(f"<li><code>{e(u['run_name'])}</code> ({e(u['trial_id'])}): {e(_progress(u))}</li>"
                         for u in head["unfinished"])
+        items += f"<li>{e(_not_started(head))}</li>" if head["not_started"] else ""
         parts.append(f'<h2 id="unfinished">Unfinished trials</h2><ul>{items}</ul>')
     parts += [_html_table(t) for t in tabs]
     parts.append("<h2>Figures</h2>")
