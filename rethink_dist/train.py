@@ -97,6 +97,38 @@ def labels_fingerprint(labels) -> str:
     return hashlib.sha256(arr.data).hexdigest()[:16]
 
 
+_FREED_MEMORY_KEPT = False
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 32 MiB for reuse instead of returning them to the OS.
+
+    On the CPU every training step allocates and frees activations and gradients of a few MiB to
+    a few tens of MiB. By default glibc maps such blocks fresh from the OS and unmaps them when
+    freed, so each step pays a page fault per 4 KiB touched: 14,000 per step of the small AlexNet
+    at batch 128, about a tenth of its step time. Raising the mmap and trim thresholds keeps the
+    memory in the heap (the process keeps its peak footprint). A no-op where glibc is not the C
+    library; once per process.
+    """
+    global _FREED_MEMORY_KEPT
+    if _FREED_MEMORY_KEPT:
+        return
+    _FREED_MEMORY_KEPT = True
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's largest allowed value on 64-bit
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 class Trial:
     """One training run of one config, stepped an epoch at a time."""
 
@@ -125,10 +157,14 @@ class Trial:
         # Weight decay on weights only, not on biases or normalisation parameters.
         decay = [p for p in self.model.parameters() if p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        # The fused update (one kernel over all parameters) where the device has one: on 2 CPU
+        # cores it takes the optimiser step of MLP 1x512 from 0.66 to 0.42 ms (bench/train.py).
         self.optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": cfg.reg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+            lr=cfg.optim.lr, momentum=cfg.optim.momentum, fused=self.device.type in ("cpu", "cuda") or None,
         )
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.meta.update({
             "params": count_params(self.model),
             "device": str(self.device),
@@ -182,6 +218,12 @@ class Trial:
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
+    def train_step_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The forward pass of one training batch and its loss (the model must be in train mode)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(self._inputs(x))
+        return self._loss(out, y)
+
     def _loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
         if isinstance(out, tuple):  # main and auxiliary logits
             return F.cross_entropy(out[0].float(), y) + AUX_WEIGHT * F.cross_entropy(out[1].float(), y)
@@ -202,9 +244,7 @@ class Trial:
         losses: list[torch.Tensor] = []
         seen = 0
         for x, y in self.loader.train_batches(cfg.optim.batch_size, gen):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                out = self.model(self._inputs(x))
-            loss = self._loss(out, y)
+            loss = self.train_step_loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -247,7 +287,7 @@ class Trial:
         self.history.append(record)
         return record
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self) -> dict[str, Any]:
         """Accuracy on the whole training set (by corrupted/clean samples) and on the test set."""
         self.model.eval()

@@ -82,11 +82,14 @@ class MemoryLoader:
         order = torch.randperm(self.num_train, generator=generator).to(self.device)
         for start in range(0, self.num_train, batch_size):
             idx = order[start : start + batch_size]
+            # index_select rather than x[idx]: on the CPU the gather of an MLP batch takes 0.13
+            # instead of 0.21 ms.
             if self.augment:
-                x = preprocess(self.train_raw[idx], self.crop, augment=True, pad=self.pad, generator=generator)
+                x = preprocess(self.train_raw.index_select(0, idx), self.crop, augment=True, pad=self.pad,
+                               generator=generator)
             else:
-                x = self.train_eval[idx]
-            yield x, self.train_y[idx]
+                x = self.train_eval.index_select(0, idx)
+            yield x, self.train_y.index_select(0, idx)
 
     def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The whole split in order, in large batches, preprocessed without augmentation."""
