@@ -132,6 +132,10 @@ def keep_freed_memory() -> None:
 class Trial:
     """One training run of one config, stepped an epoch at a time."""
 
+    # Extra parts of the dropout seed: a data-parallel rank sets (rank,) so that ranks draw
+    # different dropout masks; empty for a single-process trial.
+    seed_stream: tuple[int, ...] = ()
+
     def __init__(self, config: TrialConfig, loader: Loader | None = None, meta: dict[str, Any] | None = None):
         config.validate()
         self.config = cfg = config.resolved()
@@ -237,7 +241,7 @@ class Trial:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         gen = torch.Generator().manual_seed(_derive_seed(cfg.seed, epoch, 1))
-        torch.manual_seed(_derive_seed(cfg.seed, epoch, 2))  # dropout
+        torch.manual_seed(_derive_seed(cfg.seed, epoch, 2, *self.seed_stream))  # dropout
         # ---------------------------------------------------------- train
         self.model.train()
         t0 = time.perf_counter()
