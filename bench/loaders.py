@@ -1,0 +1,158 @@
+"""Loader throughput on this machine: images/s of model-ready batches, all loaders on the same data.
+
+    .venv/bin/python bench/loaders.py --json bench/loaders.json          # about 2-3 minutes on 2 cores
+
+Data: ``--n`` random 32x32x3 uint8 images written in the CIFAR-10 python format, then prepared as
+.beton files (raw pixels). Every loader delivers what the training loop consumes: shuffled batches
+of ``--batch-size`` whitened float32 28x28 crops with their labels, for one epoch. Each number is
+the median of ``--repeats`` epochs after a warm-up epoch (which also compiles FFCV's pipeline).
+
+- ``ffcv``: the FFCV loader without corruption.
+- ``ffcv_corrupted``: the FFCV loader with the corruption operations, for the costliest kind;
+  ``ffcv_corrupted_by_kind`` has each kind (labels at p=1, and the three pixel corruptions).
+- ``memory``: the in-memory loader (corruption applied once; batches are gathers from tensors).
+- ``torch_dataloader``: what most users would write: a torch Dataset over the arrays with
+  torchvision per-sample transforms (ToTensor, CenterCrop, per-image standardisation) and a
+  ``DataLoader`` with ``--workers`` worker processes.
+- ``ffcv_pipeline`` / ``ffcv_pipeline_corrupted_by_kind``: FFCV's own pipeline alone (decode +
+  corruption, no crop or whitening), which isolates the operations' cost.
+
+The JSON printed (and written to ``--json``) maps each name to images/s; ``corruption_cost`` is
+1 - corrupted/uncorrupted for the end-to-end loader and for the pipeline alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KINDS = [("labels", 1.0), ("shuffled_pixels", 0.0), ("random_pixels", 0.0), ("gaussian", 0.0)]
+
+
+def _rate(run_epoch, repeats: int) -> float:
+    run_epoch()  # warm-up (compilation, page cache)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = run_epoch()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def _consume(batches) -> int:
+    n = 0
+    for x, y in batches:
+        n += y.shape[0]
+        x.sum()  # touch the data so nothing stays lazy
+    return n
+
+
+class _PerSampleDataset(torch.utils.data.Dataset):
+    """A torchvision-style dataset: one uint8 H x W x C image at a time through per-sample transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, crop: int):
+        import torchvision.transforms as T
+
+        self.images, self.labels = images, labels
+        self.transform = T.Compose([T.ToTensor(), T.CenterCrop(crop), T.Lambda(_standardize)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean()) / x.std(unbiased=False).clamp_min(1.0 / math.sqrt(x.numel()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", metavar="OUT", help="also write the JSON here")
+    p.add_argument("--n", type=int, default=20_000, help="training images (default 20000)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch / FFCV threads (default: cores)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from rethink_dist.config import TrialConfig
+    from rethink_dist.data import load
+    from rethink_dist.data.cifar import write_cifar10
+    from rethink_dist.data.ffcv_loader import build_ffcv_loader
+    from rethink_dist.data.ffcv_writer import prepare
+    from rethink_dist.data.memory import MemoryLoader, corrupt_dataset
+
+    results: dict = {"machine": {"cores": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__},
+                     "n_train": args.n, "batch_size": args.batch_size, "image": "32x32x3 -> 28x28 crop"}
+    with tempfile.TemporaryDirectory(prefix="bench-loaders-") as tmp:
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (args.n, 32, 32, 3), dtype=np.uint8)
+        y = rng.integers(0, 10, args.n)
+        write_cifar10(Path(tmp) / "raw", x, y, x[:1000], y[:1000])
+        prepare("cifar10", str(Path(tmp) / "raw"), Path(tmp) / "beton", workers=args.threads)
+        ds = load("cifar10", str(Path(tmp) / "raw"))
+        device = torch.device("cpu")
+
+        def cfg(kind: str = "none", level: float = 0.0) -> TrialConfig:
+            return TrialConfig.from_dict({
+                "data": {"name": "cifar10", "loader": "ffcv", "beton_dir": str(Path(tmp) / "beton")},
+                "corruption": {"kind": kind, "level": level, "seed": 0},
+                "optim": {"batch_size": args.batch_size}, "device": "cpu"})
+
+        def ffcv_rates(c: TrialConfig) -> tuple[float, float]:
+            loader, _ = build_ffcv_loader(c, device)
+            epoch = iter(range(1 << 30))
+            full = _rate(lambda: _consume(loader.train_batches(args.batch_size, torch.Generator().manual_seed(next(epoch)))),
+                         args.repeats)
+            pipeline = loader._train  # FFCV's own loader: decode + corruption operations only
+            raw = _rate(lambda: sum(b[1].shape[0] for b in loader._epoch(pipeline)), args.repeats)
+            assert torch.get_num_threads() == args.threads
+            return full, raw
+
+        results["ffcv"], results["ffcv_pipeline"] = ffcv_rates(cfg())
+        by_kind, by_kind_raw = {}, {}
+        for kind, level in KINDS:
+            by_kind[kind], by_kind_raw[kind] = ffcv_rates(cfg(kind, level))
+            print(f"  ffcv {kind}: {by_kind[kind]:,.0f} images/s", file=sys.stderr)
+        worst = min(by_kind, key=by_kind.get)
+        results["ffcv_corrupted"] = by_kind[worst]
+        results["ffcv_corrupted_kind"] = worst
+        results["ffcv_corrupted_by_kind"] = by_kind
+        results["ffcv_pipeline_corrupted_by_kind"] = by_kind_raw
+
+        arrays = corrupt_dataset(ds, cfg().corruption)
+        memory = MemoryLoader(arrays, 28, False, 0, device)
+        epoch = iter(range(1 << 30))
+        results["memory"] = _rate(
+            lambda: _consume(memory.train_batches(args.batch_size, torch.Generator().manual_seed(next(epoch)))), args.repeats)
+
+        dl = torch.utils.data.DataLoader(_PerSampleDataset(ds.train_x, ds.train_y, 28), batch_size=args.batch_size,
+                                         shuffle=True, num_workers=args.workers, persistent_workers=args.workers > 0)
+        results["torch_dataloader"] = _rate(lambda: _consume(dl), args.repeats)
+
+    results["corruption_cost"] = {
+        "end_to_end": {k: round(1 - v / results["ffcv"], 3) for k, v in by_kind.items()},
+        "pipeline_only": {k: round(1 - v / results["ffcv_pipeline"], 3) for k, v in by_kind_raw.items()},
+    }
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
