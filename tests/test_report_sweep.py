@@ -15,6 +15,8 @@ import pytest
 
 from test_report_browser import browser, check_report_page  # noqa: F401  (fixture)
 
+from rethink_dist.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,16 +33,17 @@ def smoke(tmp_path_factory):
     return folders[0]
 
 
-def _report(args: list[str]) -> tuple[Path, str]:
-    out = subprocess.run([sys.executable, "-m", "rethink_dist.cli", "report", *args], cwd=REPO,
-                         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return Path(out.stdout.strip().splitlines()[-1]), out.stderr
+def _report(capsys, args: list[str]) -> tuple[Path, str]:
+    """`rethink-dist report ARGS` in this process: (the HTML path it printed, its stderr)."""
+    capsys.readouterr()
+    rc = main(["report", *args])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    return Path(out.out.strip().splitlines()[-1]), out.err
 
 
-def test_report_of_a_real_smoke_sweep(smoke, browser):  # noqa: F811
-    html, err = _report([str(smoke)])
+def test_report_of_a_real_smoke_sweep(smoke, browser, capsys):  # noqa: F811
+    html, err = _report(capsys, [str(smoke)])
     assert html == smoke / "report" / "report.html" and html.exists()
     data = json.loads((smoke / "report" / "report.json").read_text())
     rows = pd.read_parquet(smoke / "trials.parquet")
@@ -89,12 +92,12 @@ def test_report_of_a_real_smoke_sweep(smoke, browser):  # noqa: F811
     assert {"report/report.html", "report/report.md", "report/report.json"} <= logged
 
 
-def test_report_from_the_sweeps_mlflow_store_agrees(smoke, tmp_path):
+def test_report_from_the_sweeps_mlflow_store_agrees(smoke, tmp_path, capsys):
     plan = json.loads((smoke / "sweep.json").read_text())
-    html, _ = _report(["--tracking-uri", plan["tracking_uri"], "--experiment", plan["sweep"], "--out",
+    html, _ = _report(capsys, ["--tracking-uri", plan["tracking_uri"], "--experiment", plan["sweep"], "--out",
                        str(tmp_path / "from-mlflow"), "--no-mlflow"])
     from_mlflow = json.loads((html.parent / "report.json").read_text())
-    folder, _ = _report([str(smoke), "--out", str(tmp_path / "from-folder"), "--no-mlflow"])
+    folder, _ = _report(capsys, [str(smoke), "--out", str(tmp_path / "from-folder"), "--no-mlflow"])
     from_folder = json.loads((folder.parent / "report.json").read_text())
     assert from_mlflow["finished"] == from_folder["finished"] > 0
     assert from_mlflow["tables"] == from_folder["tables"]
