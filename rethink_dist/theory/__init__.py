@@ -3,7 +3,8 @@
 :func:`run_expressivity` and :func:`run_kernel` take the options of the ``rethink-dist
 expressivity`` and ``rethink-dist kernel`` commands as a dict (the CLIs call them too), validate
 them (a bad value raises ConfigError with one line naming it and the valid choices) and return the
-JSON-ready dict the commands write. The constructions live in :mod:`.expressivity` and :mod:`.kernel`.
+JSON-ready dict the commands write. :func:`validate_expressivity` and :func:`validate_kernel` are
+the checks alone (the sweep runner calls them before Ray starts). The constructions live in :mod:`.expressivity` and :mod:`.kernel`.
 """
 
 from __future__ import annotations
@@ -88,8 +89,13 @@ def _choice(p: dict, key: str, valid: tuple) -> None:
 
 def _dataset_config(p: dict, corruption: dict | None = None):
     """Validate dataset (+ corruption) through the trial config, the one place those rules live."""
+    from pathlib import Path
+
     from rethink_dist.config import TrialConfig
 
+    root = p["data_root"]
+    if root and "://" not in root and not Path(root).exists():
+        raise _config_error(f"data_root {root!r} does not exist")
     d = {"data": {"name": p["dataset"], "root": p["data_root"], "max_train": p.get("max_train")}}
     if corruption:
         d["corruption"] = corruption
@@ -97,8 +103,8 @@ def _dataset_config(p: dict, corruption: dict | None = None):
 
 
 # ------------------------------------------------------------------------------ expressivity
-def run_expressivity(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Build the section-4 network on n samples and report its size, fit error and conditioning."""
+def validate_expressivity(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The full, checked options of an expressivity trial (ConfigError: one line naming the value)."""
     p = _merge(params, EXPRESSIVITY_DEFAULTS, "expressivity")
     _int(p, "n", 1)
     _int(p, "d", 1)
@@ -115,7 +121,12 @@ def run_expressivity(params: Mapping[str, Any]) -> dict[str, Any]:
                 raise _config_error(f"{key} is required without a dataset (Gaussian samples in d dimensions)")
     else:
         _dataset_config(p)
+    return p
 
+
+def run_expressivity(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Build the section-4 network on n samples and report its size, fit error and conditioning."""
+    p = validate_expressivity(params)
     import numpy as np
     import torch
 
@@ -175,8 +186,8 @@ def run_expressivity(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ kernels
-def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Minimum-norm (or ridge) kernel interpolation on a dataset; train/test error and norm."""
+def validate_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The full, checked options of a kernel trial (ConfigError: one line naming the value)."""
     from rethink_dist.theory import kernel as kn
 
     p = _merge(params, KERNEL_DEFAULTS, "kernel")
@@ -194,8 +205,20 @@ def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
     _int(p, "corruption_seed", 0, optional=False)
     if p["gamma"] is not None and p["kernel"] != "rbf":
         raise _config_error(f"gamma={p['gamma']} only applies to kernel='rbf', not {p['kernel']!r}")
-    cfg = _dataset_config(p, {"kind": p["corruption"], "level": p["level"], "seed": p["corruption_seed"]})
+    _dataset_config(p, _corruption(p))
+    return p
 
+
+def _corruption(p: dict) -> dict:
+    return {"kind": p["corruption"], "level": p["level"], "seed": p["corruption_seed"]}
+
+
+def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Minimum-norm (or ridge) kernel interpolation on a dataset; train/test error and norm."""
+    from rethink_dist.theory import kernel as kn
+
+    p = validate_kernel(params)
+    cfg = _dataset_config(p, _corruption(p))
     import numpy as np
     import torch
 

@@ -141,6 +141,23 @@ def _pinv_apply(vecs: torch.Tensor, vals: torch.Tensor, rhs: torch.Tensor, n: in
     return v @ ((v.T @ rhs) / vals[keep][:, None]), int(keep.sum())
 
 
+def cholesky_inplace(K: torch.Tensor) -> int:
+    """Overwrite the lower triangle of the row-major K with L (L L^T = K); 0 or the failing row.
+
+    LAPACK is column-major: factoring K itself makes torch copy it (twice the memory at n = 20,000),
+    while its transpose view (column-major, the same lower triangle seen as an upper one) is
+    factored truly in place.
+    """
+    info = torch.empty((), dtype=torch.int32, device=K.device)
+    torch.linalg.cholesky_ex(K.mT, upper=True, out=(K.mT, info))
+    return int(info)
+
+
+def cholesky_solve_inplace_factor(L: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """alpha = (L L^T)^-1 Y by two triangular solves (torch.cholesky_solve would copy L)."""
+    return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, Y, upper=False), upper=True)
+
+
 def solve_min_norm(
     F: torch.Tensor, Y: torch.Tensor, kernel: str, gamma: float, ridge: float, block: int, budget_bytes: float
 ) -> Solution:
@@ -155,11 +172,10 @@ def solve_min_norm(
     K = gram_lower(F, kernel, gamma, block)
     if ridge:
         K.diagonal().add_(ridge)
-    info = torch.empty((), dtype=torch.int32, device=K.device)
-    torch.linalg.cholesky_ex(K, out=(K, info))  # in place: K now holds L
-    if int(info) == 0:
-        return Solution(torch.cholesky_solve(Y, K), "cholesky", False, None, "")
-    detail = f"Cholesky met a non-positive pivot at row {int(info)} of {n} in {str(F.dtype)[6:]}"
+    info = cholesky_inplace(K)
+    if info == 0:
+        return Solution(cholesky_solve_inplace_factor(K, Y), "cholesky", False, None, "")
+    detail = f"Cholesky met a non-positive pivot at row {info} of {n} in {str(F.dtype)[6:]}"
     need = 3 * n * n * item
     if need > budget_bytes:
         raise KernelMemoryError(

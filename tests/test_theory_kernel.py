@@ -1,0 +1,125 @@
+"""Section 5: minimum-norm kernel interpolation, checked against numpy and on real digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rethink_dist.cli import main
+from rethink_dist.config import ConfigError
+from rethink_dist.theory import run_kernel
+from rethink_dist.theory import kernel as kn
+
+
+def _np_kernel(A: np.ndarray, B: np.ndarray, kernel: str, gamma: float) -> np.ndarray:
+    if kernel == "linear":
+        return A @ B.T
+    d2 = ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
+    return np.exp(-gamma * d2)
+
+
+def _problem(n: int, dim: int, k: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    F = rng.normal(size=(n, dim))
+    Y = np.eye(k)[rng.integers(0, k, n)]
+    return F, Y
+
+
+@pytest.mark.parametrize(
+    "kernel,n,dim,duplicate,solver",
+    [
+        ("rbf", 60, 5, False, "cholesky"),  # K positive definite
+        ("linear", 60, 5, False, "svd_pinv"),  # rank 5 < 60: singular by construction
+        ("linear", 40, 80, False, "cholesky"),  # n <= dim: K = F F^T invertible
+        ("rbf", 60, 5, True, "eigh_pinv"),  # two equal samples: K singular, found by Cholesky
+    ],
+)
+def test_solution_equals_numpy_min_norm_lstsq(kernel, n, dim, duplicate, solver):
+    F, Y = _problem(n, dim)
+    if duplicate:
+        F[17] = F[3]
+    gamma = 0.3
+    fitted = kn.interpolate(torch.from_numpy(F), torch.from_numpy(Y), kernel=kernel, gamma=gamma, block=7)
+    K = _np_kernel(F, F, kernel, gamma)
+    alpha_np = np.linalg.lstsq(K, Y, rcond=None)[0]  # numpy's minimum-norm least-squares solution
+    alpha = fitted.alpha.numpy()
+    assert fitted.solution.solver == solver
+    assert fitted.solution.singular == (solver != "cholesky")
+    np.testing.assert_allclose(alpha, alpha_np, rtol=1e-6, atol=1e-8 * np.abs(alpha_np).max())
+    np.testing.assert_allclose(fitted.train_pred.numpy(), K @ alpha_np, atol=1e-8)
+    assert fitted.norm == pytest.approx(np.sqrt(np.trace(alpha_np.T @ K @ alpha_np)), rel=1e-8)
+
+
+def test_ridge_and_blocked_gram_match_numpy():
+    F, Y = _problem(50, 7)
+    K = _np_kernel(F, F, "rbf", 0.2)
+    Ft = torch.from_numpy(F)
+    lower = kn.gram_lower(Ft, "rbf", 0.2, block=8).numpy()
+    np.testing.assert_allclose(np.tril(lower), np.tril(K), atol=1e-13)
+    fitted = kn.interpolate(Ft, torch.from_numpy(Y), kernel="rbf", gamma=0.2, ridge=0.5, block=8)
+    np.testing.assert_allclose(fitted.alpha.numpy(), np.linalg.solve(K + 0.5 * np.eye(50), Y), rtol=1e-9, atol=1e-12)
+
+
+def test_digits_rbf_interpolates_and_logs_test_error(capsys):
+    res = run_kernel({"dataset": "digits", "kernel": "rbf"})
+    print(f"\n[kernel] digits rbf raw: {json.dumps(res)}")
+    assert res["n_train"] == 1437 and res["n_test"] == 360
+    assert res["solver"] == "cholesky" and not res["singular"]
+    assert res["train_error"] == 0.0
+    assert 0.0 <= res["test_error"] < 0.1  # far better than chance (0.9)
+    assert res["max_fit_residual"] < 1e-6
+
+
+def test_random_labels_are_fitted_too_and_the_norm_grows():
+    common = {"dataset": "digits", "kernel": "rbf", "max_train": 600}
+    clean = run_kernel(common)
+    rand = run_kernel({**common, "corruption": "labels", "level": 1.0})
+    print(f"\n[kernel] digits 600, true labels: norm {clean['norm']:.1f} test error {clean['test_error']:.3f}; "
+          f"random labels: norm {rand['norm']:.1f} test error {rand['test_error']:.3f}")
+    assert clean["train_error"] == rand["train_error"] == 0.0
+    assert rand["labels_changed"] > 0.8
+    assert rand["norm"] > 2 * clean["norm"]
+    assert rand["test_error"] > 0.7
+
+
+def test_random_conv_features():
+    imgs = np.random.default_rng(0).integers(0, 256, size=(20, 8, 8, 3), dtype=np.uint8)
+    f1 = kn.random_conv_features(imgs, 16, filter_size=3, pool=2, seed=1)
+    f2 = kn.random_conv_features(imgs, 16, filter_size=3, pool=2, seed=1, batch=7)
+    f3 = kn.random_conv_features(imgs, 16, filter_size=3, pool=2, seed=2)
+    assert f1.shape == (20, 16 * 4) and bool((f1 >= 0).all())
+    assert torch.allclose(f1, f2) and not torch.allclose(f1, f3)
+    res = run_kernel({"features": "random_conv", "num_filters": 32, "filter_size": 3, "max_train": 500})
+    assert res["feature_dim"] == 128 and res["train_error"] == 0.0 and res["test_error"] < 0.2
+
+
+def test_float32_and_linear_singular_on_digits():
+    res = run_kernel({"kernel": "linear", "max_train": 300})
+    assert res["singular"] and res["solver"] == "svd_pinv" and res["rank"] <= 64
+    assert "n=300 > feature dimension 64" in res["singular_detail"]
+    res32 = run_kernel({"kernel": "rbf", "dtype": "float32", "max_train": 400})
+    assert res32["dtype"] == "float32" and res32["train_error"] == 0.0
+
+
+def test_cli_and_one_line_errors(tmp_path, capsys):
+    out = tmp_path / "k.json"
+    assert main(["kernel", "--dataset", "digits", "--max-train", "200", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert {"n_train", "n_test", "train_error", "test_error", "norm", "seconds"} <= set(res)
+    assert res["n_train"] == 200 and res["train_error"] == 0.0
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    for argv in (["--kernel", "poly"], ["--max-train", "300", "--memory-gb", "0.0001"], ["--level", "0.5"],
+                 ["--features", "random_conv", "--filter-size", "9"]):
+        assert main(["kernel", *argv, "--json", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("rethink-dist: error: ") for line in err)
+    assert "kernel='poly' is not valid; valid: linear, rbf" in err[0]
+    assert "over the budget" in err[1]
+    assert "filter_size=9 is larger than the 8x8 images" in err[3]
+    assert not bad.exists()
+    with pytest.raises(ConfigError, match="unknown kernel option"):
+        run_kernel({"lambda": 1.0})
