@@ -73,4 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this __main__ copy: commands raise
+    # rethink_dist.cli.UsageError, which must be the class main() catches.
+    from rethink_dist.cli import main as _main
+
+    sys.exit(_main())

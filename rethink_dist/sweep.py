@@ -31,7 +31,7 @@ from rethink_dist.config import ConfigError, TrialConfig
 
 THEORY_KINDS = ("expressivity", "kernel")
 DEFAULT_STORAGE = "results"
-MAX_FAILURES = 3
+MAX_FAILURES = 5  # retries of one trial (a lost spot node counts as one); -1: unlimited
 
 
 class SweepError(ValueError):
@@ -337,7 +337,8 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> None:
                     raise
         address = "local"
     if address == "local":
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # address="local" starts a new instance even where another Ray runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     else:
         ray.init(address=address, log_to_driver=True)
 
@@ -352,7 +353,7 @@ def _storage_paths(storage: str, sweep: str) -> tuple[str, Path | None]:
 
 def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | None = None, resume: bool = False,
               max_concurrent: int | None = None, ray_address: str | None = None, num_cpus: int | None = None,
-              results_dir: str | None = None, verbose: int = 1) -> dict[str, Any]:
+              results_dir: str | None = None, verbose: int = 1, max_failures: int = MAX_FAILURES) -> dict[str, Any]:
     """Run (or resume) a sweep; returns {"results_dir", "parquet", "tracking_uri", "summary": [rows]}."""
     # The classic live trial table, with the columns a researcher watches (set before Tune loads).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -404,7 +405,7 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     fn = tune.with_resources(trainable, _trial_resources)
     run_config = tune.RunConfig(
         name="tune", storage_path=tune_storage,
-        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        failure_config=tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[callback.as_tune_callback()], verbose=verbose,
         progress_reporter=tune.CLIReporter(
@@ -426,7 +427,8 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     try:
         grid = tuner.fit()
         for result in grid:
-            callback.reconcile(result.config["spec"]["trial_id"], result.checkpoint, finished=result.error is None)
+            tid = ((result.config or {}).get("spec") or {}).get("trial_id")
+            callback.reconcile(tid, result.checkpoint, finished=result.error is None)
         errors = [r for r in grid if r.error is not None]
         if errors:
             status = "FAILED"
@@ -541,6 +543,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep: only unfinished trials run")
     p.add_argument("--smoke", action="store_true", help="a few tiny trials of this sweep (about a minute)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--max-failures", type=int, default=MAX_FAILURES,
+                   help=f"retries of a trial whose worker or node died (default {MAX_FAILURES}; -1 unlimited, "
+                        "for long runs on spot nodes)")
     p.add_argument("--cpus-per-trial", type=float, help="override every network trial's CPUs")
     p.add_argument("--gpus-per-trial", type=float,
                    help="override every network trial's GPUs (fractions share a GPU: 0.25 = four trials per GPU)")
@@ -567,6 +572,8 @@ def print_summary(rows: list[dict[str, Any]], stream=sys.stdout) -> None:
 def run_from_args(path: str, args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise SweepError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.max_failures < -1:
+        raise SweepError(f"--max-failures must be >= -1 (-1: unlimited), got {args.max_failures}")
     overrides = {k: v for k, v in (("cpus", args.cpus_per_trial), ("gpus", args.gpus_per_trial)) if v is not None}
     sweep = load_sweep(path, data_root=args.data_root, smoke=args.smoke, resources=overrides)
     if args.dry_run:
@@ -577,7 +584,7 @@ def run_from_args(path: str, args: argparse.Namespace) -> int:
     print(f"sweep {sweep.name!r}: {len(sweep.trials)} trials", file=sys.stderr, flush=True)
     out = run_sweep(sweep, storage=args.storage, tracking_uri=args.tracking_uri, resume=args.resume,
                     max_concurrent=args.max_concurrent, ray_address=args.ray_address, num_cpus=args.num_cpus,
-                    results_dir=args.results_dir)
+                    results_dir=args.results_dir, max_failures=args.max_failures)
     print(f"\nsweep {sweep.name!r}: {len(out['summary'])}/{out['planned']} trials with results, "
           f"{out['errors']} failed")
     print_summary(out["summary"])

@@ -150,8 +150,8 @@ def test_killed_worker_resumes_from_checkpoint(ray_two_nodes, mlflow_server, tmp
         run_sweep(sweep, storage=str(tmp_path / "store"), tracking_uri=mlflow_server, verbose=0)))
     runner.start()
     try:
-        df = wait_for(lambda: (d := read_parquet(parquet)) is not None and d["epoch"].max() >= 3 and d,
-                      180, "the trial to report 3 epochs")
+        df = wait_for(lambda: (d := read_parquet(parquet)) is not None and d["epoch"].max() >= 3 and (d,),
+                      180, "the trial to report 3 epochs")[0]
         assert df["epoch"].max() < epochs, "the trial finished before it could be killed: make it longer"
         victim = int(df["pid"].iloc[-1])
         os.kill(victim, signal.SIGKILL)  # the trial's Ray worker process, started by this test's sweep
@@ -199,14 +199,13 @@ def test_interrupted_driver_resumes(tmp_path):
     path = write_sweep(tmp_path, "resumable", THREE_TRIALS)
     store = tmp_path / "store"
     parquet = store / "resumable" / "trials.parquet"
-    cmd = [sys.executable, str(path), "--storage", str(store), "--ray-address", "local", "--num-cpus", "1",
-           "--max-concurrent", "1"]
+    cmd = [sys.executable, "-m", "rethink_dist.cli", "sweep", str(path), "--storage", str(store),
+           "--ray-address", "local", "--num-cpus", "1", "--max-concurrent", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        df = wait_for(lambda: (d := read_parquet(parquet)) is not None and d["finished"].any() and d,
-                      300, "one trial to finish")
+        wait_for(lambda: (d := read_parquet(parquet)) is not None and d["finished"].any(), 300, "one trial to finish")
         os.killpg(first.pid, signal.SIGINT)  # Ctrl-C of the driver (its own process group)
         first.wait(timeout=120)
     finally:
