@@ -17,8 +17,14 @@ Pipelines (one per field; ``rethink_dist.data.ffcv_ops`` holds the corruption op
 The training order is FFCV's (``OrderOption.RANDOM`` with ``seed=cfg.seed``); the epoch number FFCV
 sees is drawn from the trial's per-epoch generator, so a resumed trial replays the same order.
 ``distributed=True`` gives each data-parallel rank its own shard of the training set (FFCV's
-DistributedSampler emulation; needs an initialised ``torch.distributed`` process group);
-evaluation always covers the whole split, in sample-index order.
+DistributedSampler emulation; needs an initialised ``torch.distributed`` process group): the ranks'
+shards are disjoint and cover the epoch, except that when the training set does not divide by
+the number of ranks the first few samples of the epoch's order are repeated so every rank takes
+the same number of steps. Evaluation covers the whole split in sample-index order, or with
+``eval_shard=(rank, world)`` this rank's share of it (indices ``rank::world``; ``eval_indices``
+says which), for the caller to add up across ranks. After each training epoch ``last_epoch``
+holds the sample indices and (corrupted) labels that epoch delivered, in order, and ``train_y``
+the corrupted labels of the whole training set in index order.
 
 FFCV changes torch's thread count as a side effect (when imported, when a Loader is created and
 when each epoch starts); this module puts it back each time.
@@ -66,7 +72,8 @@ class FFCVLoader:
     """Training and evaluation batches from ``train.beton`` / ``test.beton`` (the ``Loader`` protocol)."""
 
     def __init__(self, cfg: TrialConfig, device: torch.device, meta: dict[str, Any], beton_dir: Path,
-                 distributed: bool = False, workers: int | None = None):
+                 distributed: bool = False, workers: int | None = None,
+                 eval_shard: tuple[int, int] | None = None):
         import_ffcv()
         from ffcv.loader import Loader, OrderOption
 
@@ -81,6 +88,14 @@ class FFCVLoader:
         counts = {split: int(meta["splits"][split]["num_samples"]) for split in BETON_FILES}
         n_train = min(counts["train"], cfg.data.max_train or counts["train"])
         self.train_indices = np.arange(n_train, dtype=np.uint64)
+        self.eval_indices = {"train": self.train_indices, "test": np.arange(counts["test"], dtype=np.uint64)}
+        if eval_shard is not None:
+            rank, world = eval_shard
+            if world > min(n_train, counts["test"]):
+                raise ConfigError(f"{world} data-parallel ranks need at least {world} training and test samples; "
+                                  f"got {n_train} and {counts['test']}")
+            self.eval_indices = {split: idx[rank::world] for split, idx in self.eval_indices.items()}
+        self.last_epoch: tuple[np.ndarray, np.ndarray] | None = None
         size = cfg.data.image_size or info.crop
         if fixed and size > min(info.image_shape[:2]):
             raise ConfigError(f"data.image_size={size} is larger than {cfg.data.name}'s stored "
@@ -99,18 +114,21 @@ class FFCVLoader:
             self._train = Loader(self.paths["train"], batch_size=self.batch_size, num_workers=self.workers,
                                  order=OrderOption.RANDOM, seed=cfg.seed, distributed=distributed,
                                  indices=self.train_indices, drop_last=False,
-                                 pipelines=self._pipelines("train", augment=cfg.reg.augment))
-            self._eval = {split: self._sequential(split) for split in BETON_FILES}
+                                 pipelines=self._pipelines("train", augment=cfg.reg.augment, with_index=True))
+            self._eval = {split: self._sequential(split, indices=self.eval_indices[split]) for split in BETON_FILES}
             true_y, corrupted_y = self._labels()
         self.num_train = n_train
         self.num_test = counts["test"]
         self.true_train_y = true_y
-        self.changed = torch.from_numpy(corrupted_y != true_y).to(device)
+        self.train_y = corrupted_y
+        # The samples whose label the corruption changed, over what eval_batches("train") covers.
+        self.changed = torch.from_numpy((corrupted_y != true_y)[self.eval_indices["train"].astype(np.int64)]).to(device)
         x0, _ = next(iter(self.eval_batches("test")))
         self.input_shape = tuple(x0.shape[1:])
 
     # ------------------------------------------------------------------ pipelines
-    def _pipelines(self, split: str, augment: bool, corrupt: bool = True, prep: bool = True) -> dict[str, Any]:
+    def _pipelines(self, split: str, augment: bool, corrupt: bool = True, prep: bool = True,
+                   with_index: bool = False) -> dict[str, Any]:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.decoders import (CenterCropRGBImageDecoder, NDArrayDecoder,
                                           RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder)
@@ -134,14 +152,15 @@ class FFCVLoader:
         if corrupt and s.kind == "labels" and (split == "train" or s.corrupt_test):
             label.append(LabelCorruption(s.seed, s.level, s.num_classes, SPLIT_IDS[split]))
         label.append(ToTensor())
-        return {"image": image, "label": label, "index": None}
+        return {"image": image, "label": label, "index": [IntDecoder(), ToTensor()] if with_index else None}
 
-    def _sequential(self, split: str, corrupt: bool = True, prep: bool = True, batch: int | None = None):
+    def _sequential(self, split: str, corrupt: bool = True, prep: bool = True, batch: int | None = None,
+                    indices: np.ndarray | None = None):
         from ffcv.loader import Loader, OrderOption
 
         return Loader(self.paths[split], batch_size=batch or EVAL_BATCH["fixed" if self.spec.fixed_size else "imagenet"],
                       num_workers=self.workers, order=OrderOption.SEQUENTIAL, drop_last=False,
-                      indices=self.train_indices if split == "train" else None,
+                      indices=indices if indices is not None else (self.train_indices if split == "train" else None),
                       pipelines=self._pipelines(split, augment=False, corrupt=corrupt, prep=prep))
 
     def _raw_loader(self, split: str, corrupt: bool, batch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -205,11 +224,18 @@ class FFCVLoader:
             raise ValueError(f"this FFCV loader was built for batch size {self.batch_size}, not {batch_size}")
         # FFCV's order for epoch e is a function of (seed, e): take e from the trial's generator.
         self._train.next_epoch = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        for x, y in self._epoch(self._train):
+        seen_idx: list[np.ndarray] = []
+        seen_y: list[np.ndarray] = []
+        self.last_epoch = None
+        for x, y, idx in self._epoch(self._train):  # FFCV yields the file's field order: image, label, index
+            seen_idx.append(idx.numpy().ravel().copy())
+            seen_y.append(y.numpy().ravel().copy())
             yield self._prep(x, self.spec.augment, generator), y.reshape(-1).to(self.device, copy=True)
+        self.last_epoch = (np.concatenate(seen_idx) if seen_idx else np.zeros(0, np.int64),
+                           np.concatenate(seen_y) if seen_y else np.zeros(0, np.int64))
 
     def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole split in sample-index order, preprocessed without augmentation."""
+        """The split (or this rank's ``eval_shard`` of it) in sample-index order, without augmentation."""
         for x, y in self._epoch(self._eval[split]):
             yield self._prep(x, False, None), y.reshape(-1).to(self.device, copy=True)
 
@@ -229,13 +255,14 @@ def _replace_stats(spec: _Spec, stats: tuple[np.ndarray, np.ndarray]) -> _Spec:
     return replace(spec, stats=stats)
 
 
-def build_ffcv_loader(cfg: TrialConfig, device: torch.device, distributed: bool = False) -> tuple[FFCVLoader, dict[str, Any]]:
+def build_ffcv_loader(cfg: TrialConfig, device: torch.device, distributed: bool = False,
+                      eval_shard: tuple[int, int] | None = None) -> tuple[FFCVLoader, dict[str, Any]]:
     """The trial's FFCV loader and the facts about its data to log (like the memory loader's)."""
     if not cfg.data.beton_dir:
         raise ConfigError("data.loader='ffcv' needs data.beton_dir (the folder with train.beton and test.beton)")
     beton_dir = Path(cfg.data.beton_dir)
     meta = read_meta(beton_dir, cfg.data.name)
-    loader = FFCVLoader(cfg, device, meta, beton_dir, distributed=distributed)
+    loader = FFCVLoader(cfg, device, meta, beton_dir, distributed=distributed, eval_shard=eval_shard)
     fingerprint = meta["fingerprint"]
     if loader.num_train < int(meta["splits"]["train"]["num_samples"]):
         fingerprint += f":first{loader.num_train}"
