@@ -100,7 +100,7 @@ class StopConfig:
 @dataclass(frozen=True)
 class ResourceConfig:
     cpus: float = 1.0  # per trial (or per data-parallel worker)
-    gpus: float = 0.0  # per trial; fractions let several small trials share a GPU
+    gpus: float = 0.0  # per trial (or per data-parallel worker); fractions let small trials share a GPU
     ddp_workers: int = 0  # >0: data-parallel trial with this many Ray Train workers
 
 
@@ -242,6 +242,13 @@ class TrialConfig:
             raise ConfigError(f"resources.gpus must be >= 0, got {res.gpus}")
         if res.ddp_workers < 0:
             raise ConfigError(f"resources.ddp_workers must be >= 0, got {res.ddp_workers}")
+        if res.ddp_workers:  # a data-parallel trial (rethink_dist.distributed)
+            if self.data.loader != "ffcv":
+                raise ConfigError(f"resources.ddp_workers={res.ddp_workers} needs data.loader='ffcv' (each rank reads "
+                                  f"its shard through FFCV), got {self.data.loader!r}")
+            if self.optim.batch_size % res.ddp_workers:
+                raise ConfigError(f"optim.batch_size={self.optim.batch_size} (the global batch) must be a multiple of "
+                                  f"resources.ddp_workers={res.ddp_workers}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         _choice("device", self.device, DEVICES)

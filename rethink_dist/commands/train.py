@@ -36,7 +36,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", help="folder with the dataset's raw files (cifar10: holds cifar-10-batches-py)")
     g.add_argument("--download", action=B, default=None, help="download the raw files when missing (network)")
     g.add_argument("--loader", help="memory (default) | ffcv")
-    g.add_argument("--beton-dir", help="folder with train.beton and test.beton (for --loader ffcv)")
+    g.add_argument("--beton-dir", help="folder with train.beton and test.beton (implies --loader ffcv)")
     g.add_argument("--image-size", type=int, help="model input side (default: the dataset's crop)")
     g.add_argument("--max-train", type=int, help="use only the first N training samples")
     g = p.add_argument_group("corruption")
@@ -87,6 +87,8 @@ def config_from_args(args: argparse.Namespace):
             raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
     cfg = TrialConfig.from_dict(base)
     changes = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS and v is not None}
+    if "data.beton_dir" in changes and "data.loader" not in changes and "loader" not in base.get("data", {}):
+        changes["data.loader"] = "ffcv"  # a .beton folder is read through FFCV
     return cfg.replace(**changes) if changes else cfg
 
 
