@@ -555,18 +555,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="check the sweep and list its trials; run nothing")
 
 
+THEORY_COLUMNS = {"expressivity": ("n", "d", "params", "max_abs_error", "min_eigenvalue"),
+                  "kernel": ("n_train", "train_error", "test_error", "norm")}
+
+
 def print_summary(rows: list[dict[str, Any]], stream=sys.stdout) -> None:
+    """The final table: accuracies for network trials, the measured quantities for theory trials."""
     from rethink_dist.metrics import fmt
 
     if not rows:
         print("no results", file=stream)
         return
     width = max(len(r["run_name"]) for r in rows)
-    print(f"{'trial':<{width}}  epochs  train%  test%  steps_to_fit", file=stream)
+    nets = [r for r in rows if r.get("kind", "network") == "network"]
+    if nets:
+        print(f"{'trial':<{width}}  epochs  train%  test%  steps_to_fit", file=stream)
+        for r in nets:
+            stf = r.get("steps_to_fit")
+            stf = "-" if stf is None or stf != stf else int(stf)
+            print(f"{r['run_name']:<{width}}  {r.get('epoch', '-'):>6}  {fmt(r.get('train_acc')):>6}  "
+                  f"{fmt(r.get('test_acc')):>5}  {stf:>12}", file=stream)
     for r in rows:
-        stf = r.get("steps_to_fit")
-        print(f"{r['run_name']:<{width}}  {r.get('epoch', '-'):>6}  {fmt(r.get('train_acc')):>6}  "
-              f"{fmt(r.get('test_acc')):>5}  {stf if stf is not None else '-':>12}", file=stream)
+        cols = THEORY_COLUMNS.get(r.get("kind", "network"))
+        if cols:
+            values = "  ".join(f"{c}={fmt(r.get(c), pct=False)}" for c in cols)
+            print(f"{r['run_name']:<{width}}  {values}", file=stream)
 
 
 def run_from_args(path: str, args: argparse.Namespace) -> int:

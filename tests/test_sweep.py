@@ -240,3 +240,26 @@ def test_interrupted_driver_resumes(tmp_path):
         assert sorted(steps) == list(range(1, 61))
     plan = json.loads((store / "resumable" / "sweep.json").read_text())
     assert [t["trial_id"] for t in plan["trials"]] == sorted(after["trial_id"].unique())
+
+
+# ---------------------------------------------------------------------------------------------
+# Theory trials are trials of the same system
+# ---------------------------------------------------------------------------------------------
+def test_theory_smoke_sweep(ray_two_nodes, tmp_path):
+    sweep = load_sweep(REPO / "sweeps" / "theory.py", smoke=True)
+    kinds = {t.kind for t in sweep.trials}
+    assert kinds == {"expressivity", "kernel"}
+    out = run_sweep(sweep, storage=str(tmp_path / "store"), verbose=0)
+    assert out["errors"] == 0
+    df = pd.read_parquet(out["parquet"])
+    assert len(df) == len(sweep.trials) and df["finished"].all()
+    expr = df[df["kind"] == "expressivity"]
+    assert (expr["max_abs_error"] < 1e-6).all()
+    assert (expr["params"] >= 2 * expr["n"] + expr["d"]).all()
+    client, runs = mlflow_runs(out["tracking_uri"], sweep.name)
+    children = child_runs(runs)
+    assert len(children) == len(sweep.trials)
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert any(k.startswith("params.") for k in run.data.params)
+        assert any(k.startswith("summary.") for k in run.data.metrics)
