@@ -265,8 +265,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
                                 **{f"rank{r}_label": g[2] for r, g in enumerate(gathered)})
             ray.train.report(
                 {**record, "steps_to_fit": trial.steps_to_fit, "done_training": trial.done,
+                 # node: rank 0's (Tune fills in pid and hostname with the Tune trial's own)
                  "labels_fingerprint": meta["labels_fingerprint"], "node": me["node"], "node_id": me["node_id"],
-                 "pid": me["pid"], "ddp_world_size": world, "ddp_started_from_epoch": started_from,
+                 "ddp_world_size": world, "ddp_started_from_epoch": started_from,
                  _TRIAL_KEY: {"meta": trial.meta, "summary": summary, "history": trial.history}},
                 checkpoint=ray.train.Checkpoint.from_directory(d),
             )
