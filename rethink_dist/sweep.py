@@ -184,8 +184,12 @@ def smoke_items(items: list[Any], max_trials: int = 4) -> list[Any]:
             key = json.dumps(small, sort_keys=True, default=str)
         else:
             cfg = item if isinstance(item, TrialConfig) else TrialConfig.from_dict(item)
-            small = cfg.replace(**{"optim.epochs": 2, "data.max_train": min(cfg.data.max_train or 256, 256),
-                                   "stop.stop_when_fitted": False, "resources.gpus": 0.0})
+            changes = {"optim.epochs": 2, "data.max_train": min(cfg.data.max_train or 256, 256),
+                       "stop.stop_when_fitted": False, "resources.gpus": 0.0}
+            if cfg.resources.ddp_workers:  # two CPU workers on small images
+                changes.update({"resources.ddp_workers": 2, "resources.cpus": 1.0, "optim.batch_size": 16,
+                                "data.image_size": min(cfg.data.image_size or 96, 96)})
+            small = cfg.replace(**changes)
             key = json.dumps(small.to_dict(), sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
