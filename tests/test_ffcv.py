@@ -266,14 +266,15 @@ def test_distributed_ranks_get_disjoint_shards(digits, tmp_path):
 def test_ffcv_trial_fits_random_labels_like_memory(digits):
     from rethink_dist.train import train
 
+    # MLP 3x512 memorises all 1,437 random digits labels in about 170 epochs (MLP 1x512 needs ~600).
     base = {"data": {"name": "digits"}, "corruption": {"kind": "labels", "level": 1.0, "seed": 0},
-            "model": {"name": "mlp_1x512"}, "stop": {"stop_when_fitted": True, "fit_threshold": 0.9},
+            "model": {"name": "mlp_3x512"}, "stop": {"stop_when_fitted": True, "fit_threshold": 1.0},
             "optim": {"epochs": 400},
             "device": "cpu", "seed": 0}
     mem = train(TrialConfig.from_dict(base))
     ffcv = train(TrialConfig.from_dict({**base, "data": {"name": "digits", "loader": "ffcv", "beton_dir": str(digits)}}))
     assert mem["summary"]["fitted"] and ffcv["summary"]["fitted"], (mem["summary"], ffcv["summary"])
-    assert ffcv["summary"]["train_acc"] >= 0.9  # 90% of 1,437 random labels memorised
+    assert ffcv["summary"]["train_acc"] == 1.0  # all 1,437 random labels memorised
     assert ffcv["meta"]["labels_changed"] == mem["meta"]["labels_changed"] > 1000
     assert ffcv["meta"]["dataset_fingerprint"] == mem["meta"]["dataset_fingerprint"]
     assert ffcv["history"][-1]["test_acc"] < 0.25  # random labels: test accuracy near chance
