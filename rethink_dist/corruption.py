@@ -51,9 +51,10 @@ _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
 _S11 = np.uint64(11)
-_S20 = np.uint64(20)
-_POS_MASK = np.uint64((1 << 20) - 1)
+_S32 = np.uint64(32)
+_LOW32 = np.uint64(0xFFFFFFFF)
 _TWO_M53 = 1.0 / 9007199254740992.0  # 2**-53
+_TWO_M32 = 1.0 / 4294967296.0  # 2**-32
 _TWO_PI = 2.0 * math.pi
 MAX_POSITIONS = 1 << 20
 
@@ -122,11 +123,15 @@ def corrupt_labels(
 # ----------------------------------------------------------------------------------------------
 @njit(cache=True)
 def _permutation(base, num_positions):
-    keys = np.empty(num_positions, dtype=np.uint64)
-    for p in range(num_positions):
-        # High bits random, low 20 bits the position: keys are distinct, so the sort is unique.
-        keys[p] = ((_mix(base ^ (np.uint64(p) * _M2)) >> _S20) << _S20) | np.uint64(p)
-    return np.argsort(keys)
+    """A uniformly random permutation: Fisher-Yates driven by one hash per position (O(n), no sort)."""
+    perm = np.arange(num_positions)
+    for k in range(num_positions - 1, 0, -1):
+        # (32 random bits x (k + 1)) >> 32: an index in [0, k], bias below 2**-12 for k < 2**20
+        j = np.int64(((_mix(base ^ (np.uint64(k) * _M2)) >> _S32) * np.uint64(k + 1)) >> _S32)
+        t = perm[k]
+        perm[k] = perm[j]
+        perm[j] = t
+    return perm
 
 
 @njit(cache=True)
@@ -143,30 +148,36 @@ def random_permutation(seed, split, index, num_positions):
 
 @njit(cache=True)
 def permute_one(image, perm, out):
-    """out[position k] = image[position perm[k]] for an H x W x C image."""
+    """out[position k] = image[position perm[k]] for a contiguous H x W x C image."""
     h, w, c = image.shape
+    src = image.reshape(h * w, c)
+    dst = out.reshape(h * w, c)
     for k in range(h * w):
-        src = perm[k]
-        sh, sw = src // w, src % w
-        oh, ow = k // w, k % w
+        p = perm[k]
         for ch in range(c):
-            out[oh, ow, ch] = image[sh, sw, ch]
+            dst[k, ch] = src[p, ch]
 
 
 @njit(cache=True)
 def gaussian_one(index, seed, split, mean, std, out):
-    """Fill one H x W x C float32 image with N(mean[c], std[c]^2) noise (Box-Muller)."""
+    """Fill one contiguous H x W x C float32 image with N(mean[c], std[c]^2) noise.
+
+    Box-Muller on pairs of values: one hash gives two 32-bit uniforms, which give two normals.
+    """
     h, w, c = out.shape
+    n = h * w * c
+    flat = out.reshape(n)
     base = _key(seed, _GAUSS, split, index)
-    for y in range(h):
-        for x in range(w):
-            for ch in range(c):
-                p = np.uint64((y * w + x) * c + ch)
-                r = _mix(base ^ (p * _GOLDEN))
-                u1 = (np.float64(r >> _S11) + 1.0) * _TWO_M53  # (0, 1]
-                u2 = _unit(_mix(r ^ _M1))
-                z = math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
-                out[y, x, ch] = np.float32(mean[ch] + std[ch] * z)
+    for q in range((n + 1) // 2):
+        r = _mix(base ^ (np.uint64(q) * _GOLDEN))
+        u1 = (np.float64(r >> _S32) + 1.0) * _TWO_M32  # (0, 1]
+        u2 = np.float64(r & _LOW32) * _TWO_M32  # [0, 1)
+        radius = math.sqrt(-2.0 * math.log(u1))
+        angle = _TWO_PI * u2
+        v = 2 * q
+        flat[v] = np.float32(mean[v % c] + std[v % c] * (radius * math.cos(angle)))
+        if v + 1 < n:
+            flat[v + 1] = np.float32(mean[(v + 1) % c] + std[(v + 1) % c] * (radius * math.sin(angle)))
 
 
 @njit(cache=True, parallel=True)
