@@ -142,6 +142,7 @@ class Trial:
         self.device = resolve_device(cfg.device)
         on_cuda = self.device.type == "cuda"
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
+        owns_loader = loader is None
         if loader is None:
             loader, meta = build_loader(cfg, self.device)
         self.loader = loader
@@ -155,9 +156,17 @@ class Trial:
             cfg.model.name, loader.input_shape, self.num_classes,
             dropout=cfg.reg.dropout, batch_norm=cfg.reg.batch_norm, **dict(cfg.model.kwargs),
         ).to(self.device)
-        self.channels_last = on_cuda and len(loader.input_shape) == 3
+        # Convolutions in channels-last layout, on the CPU (oneDNN) as on the GPU: on 2 CPU cores the
+        # small AlexNet and Inception train about 1.2-2x and evaluate 1.5-2x faster (bench/train.py).
+        # Models without convolutions keep the plain layout (their Flatten would copy).
+        has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in self.model.modules())
+        self.channels_last = has_conv and len(loader.input_shape) == 3
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if not has_conv and owns_loader and hasattr(loader, "eval_batch_size"):
+            # Without convolutions activations are small: larger evaluation batches make larger
+            # matrix products (mlp_1x512 on 2 CPU cores: about 1.3x the images/s of 1024).
+            loader.eval_batch_size = max(loader.eval_batch_size, 4096)
         # Weight decay on weights only, not on biases or normalisation parameters.
         decay = [p for p in self.model.parameters() if p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
