@@ -318,7 +318,9 @@ def test_no_credentials_in_configs():
 # ------------------------------------------------------------------------------------------
 # 2. `ray job submit` to a two-node Ray with token authentication; the worker node is lost
 # ------------------------------------------------------------------------------------------
-EPOCHS = 20
+# Long enough that a worker-node trial is seen mid-run on a fast machine too (Parquet is written every
+# 2 s; CI once finished 20 epochs of all three trials in 16 s, before the test could lose the node).
+EPOCHS = 60
 SWEEP_FILE = f'''"""Three short digits trials, long enough (several seconds each) to lose a node in the middle."""
 from rethink_dist.config import TrialConfig
 
@@ -504,8 +506,9 @@ def test_job_submit_survives_losing_the_worker_node(token_cluster, mlflow_server
             _kill_node(cluster.worker)
             break
         status = cluster.job(submission).get("status")
-        assert status in (None, "PENDING", "RUNNING"), f"job {status} before the node could be lost: " \
-                                                       f"{cluster.get(f'/api/jobs/{submission}/logs')}"
+        assert status in (None, "PENDING", "RUNNING"), f"job {status} before the node could be lost " \
+            f"(epochs seen on the worker node by trial: {by_trial}; worker pids {sorted(worker_pids)}): " \
+            f"{cluster.get(f'/api/jobs/{submission}/logs')}"
         assert time.time() < deadline, f"no trial reached epoch 2 on the worker node: {_parquet_rows(parquet)}"
         time.sleep(0.3)
     t_kill = time.time()
