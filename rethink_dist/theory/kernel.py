@@ -7,9 +7,9 @@ flattened) or on random-conv features (:func:`random_conv_features`, the paper's
 preprocessing), Y the one-hot training labels (0/1), and:
 
 - ``ridge = 0``: ``K alpha = Y`` by a Cholesky factorization of K, in place (K is the only n x n
-  array, so n = 50,000 takes 10 GB in float32). When K is singular (Cholesky meets a non-positive
-  pivot, e.g. equal images; or the linear kernel with n > feature dimension, where K has rank
-  <= dimension by construction) the result says ``singular: true`` and alpha is the minimum-norm
+  array, so n = 50,000 takes 10 GB in float32). When K is singular (a Cholesky pivot at or below
+  ``n * eps * max diag K``, e.g. equal images; or the linear kernel with n > feature dimension,
+  where K has rank <= dimension by construction) the result says ``singular: true`` and alpha is the minimum-norm
   least-squares solution ``K^+ Y``, with numpy's cut-off: eigenvalues below ``n * eps * max`` are
   dropped (an eigendecomposition of K; for the linear kernel an SVD of the n x D feature matrix).
 - ``ridge = lam > 0``: ``(K + lam I) alpha = Y`` for comparison (the paper: 15% vs 17% on CIFAR-10).
@@ -172,10 +172,21 @@ def solve_min_norm(
     K = gram_lower(F, kernel, gamma, block)
     if ridge:
         K.diagonal().add_(ridge)
+    top = float(K.diagonal().abs().max())
     info = cholesky_inplace(K)
     if info == 0:
-        return Solution(cholesky_solve_inplace_factor(K, Y), "cholesky", False, None, "")
-    detail = f"Cholesky met a non-positive pivot at row {info} of {n} in {str(F.dtype)[6:]}"
+        # Rounding can leave a tiny positive pivot where K is singular (equal samples): the
+        # factorization then "succeeds" with a meaningless solve. Pivots at or below numpy's
+        # lstsq cut-off (n * eps * the largest diagonal entry) count as singular.
+        pivots = K.diagonal().square()
+        row = int(pivots.argmin())
+        cut = n * torch.finfo(K.dtype).eps * top
+        if float(pivots[row]) > cut:
+            return Solution(cholesky_solve_inplace_factor(K, Y), "cholesky", False, None, "")
+        detail = (f"Cholesky pivot {float(pivots[row]):.3g} at row {row + 1} of {n} is below the cut-off "
+                  f"{cut:.3g} in {str(F.dtype)[6:]}")
+    else:
+        detail = f"Cholesky met a non-positive pivot at row {info} of {n} in {str(F.dtype)[6:]}"
     need = 3 * n * n * item
     if need > budget_bytes:
         raise KernelMemoryError(
