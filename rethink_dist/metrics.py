@@ -1,5 +1,5 @@
 """Where results go. One interface, :class:`Sink`; implementations for the console here, and for
-Ray Tune, MLflow and Parquet in ``rethink_dist.sinks`` (imported lazily: this module stays free of
+Ray Tune, MLflow and Parquet in ``rethink_dist.sweep`` and ``rethink_dist.tracking`` (this module stays free of
 Ray and MLflow so the training loop can use it).
 """
 

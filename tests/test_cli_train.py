@@ -92,3 +92,13 @@ def test_help_imports_nothing_heavy():
     code = "import sys, rethink_dist.cli as c; c.build_parser(); print('torch' in sys.modules, 'ray' in sys.modules)"
     q = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert q.stdout.split() == ["False", "False"]
+
+
+def test_divergence_stops_naming_epoch_and_step(tmp_path):
+    out = tmp_path / "out.json"
+    p = run(["train", "--quiet", "--arch", "mlp_1x512", "--lr", "1e6", "--epochs", "3", "--json", str(out)])
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training diverged" in lines[0], p.stderr
+    assert "at epoch 1, step " in lines[0] and "lr 1e+06" in lines[0], lines[0]
+    assert not out.exists()  # no result file for a diverged trial
