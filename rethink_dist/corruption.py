@@ -52,10 +52,7 @@ _S27 = np.uint64(27)
 _S31 = np.uint64(31)
 _S11 = np.uint64(11)
 _S32 = np.uint64(32)
-_LOW32 = np.uint64(0xFFFFFFFF)
 _TWO_M53 = 1.0 / 9007199254740992.0  # 2**-53
-_TWO_M32 = 1.0 / 4294967296.0  # 2**-32
-_TWO_PI = 2.0 * math.pi
 MAX_POSITIONS = 1 << 20
 
 
@@ -158,26 +155,105 @@ def permute_one(image, perm, out):
             dst[k, ch] = src[p, ch]
 
 
+# Standard normals by the ziggurat method (Marsaglia and Tsang 2000, in Doornik's 2005 layout):
+# the area under f(x) = exp(-x^2 / 2) for x >= 0 is cut into 128 strips of equal area V: strip 0
+# is the base rectangle up to R plus the tail beyond R, strips 1..127 are rectangles
+# [0, _ZIG_X[i]] x [f(_ZIG_X[i]), f(_ZIG_X[i + 1])]. A draw picks a strip and a point in it; about
+# 99% of draws land inside the part of the strip under the curve that needs no test, so a normal
+# costs one hash, a multiply and a compare; the rest take a wedge test (one exp) or the tail
+# (two logs). Every draw is a hash of (image key, value index, attempt): still a pure function.
+_ZIG_R = 3.442619855899
+_ZIG_V = 9.91256303526217e-3
+
+
+def _ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = np.zeros(129, dtype=np.float64)
+    f = lambda t: math.exp(-0.5 * t * t)  # noqa: E731
+    x[0] = _ZIG_V / f(_ZIG_R)
+    x[1] = _ZIG_R
+    for i in range(1, 127):
+        x[i + 1] = math.sqrt(-2.0 * math.log(_ZIG_V / x[i] + f(x[i])))
+    x[128] = 0.0
+    ratio = x[1:] / x[:-1]  # a draw u * x[i] with |u| < ratio[i] lies under the curve
+    fx = np.array([f(t) for t in x])
+    return x, ratio, fx
+
+
+_ZIG_X, _ZIG_RATIO, _ZIG_F = _ziggurat_tables()
+_S7 = np.uint64(7)
+_S8 = np.uint64(8)
+_M7 = np.uint64(127)
+_TWO_M56 = 1.0 / 72057594037927936.0  # 2**-56
+
+
+@njit(cache=True, inline="always")
+def _normal(base, k):
+    """The k-th standard normal of the stream ``base``."""
+    attempt = np.uint64(0)
+    while True:
+        r = _mix(base ^ ((np.uint64(k) | (attempt << _S32)) * _GOLDEN))
+        attempt += np.uint64(1)
+        i = np.int64(r & _M7)
+        u = np.float64(np.int64(r >> _S8)) * _TWO_M56 * 2.0 - 1.0  # (-1, 1) with 56 bits (signed: one conversion)
+        if abs(u) < _ZIG_RATIO[i]:
+            return u * _ZIG_X[i]
+        if i == 0:  # the tail beyond R (Marsaglia's method), with the sign of u
+            while True:
+                r1 = _mix(base ^ ((np.uint64(k) | (attempt << _S32)) * _GOLDEN))
+                r2 = _mix(base ^ ((np.uint64(k) | ((attempt + np.uint64(1)) << _S32)) * _GOLDEN))
+                attempt += np.uint64(2)
+                t = -math.log((np.float64(r1 >> _S11) + 1.0) * _TWO_M53) / _ZIG_R
+                y = -math.log((np.float64(r2 >> _S11) + 1.0) * _TWO_M53)
+                if y + y >= t * t:
+                    return _ZIG_R + t if u > 0 else -_ZIG_R - t
+        x = u * _ZIG_X[i]
+        r2 = _mix(base ^ ((np.uint64(k) | (attempt << _S32)) * _GOLDEN))
+        attempt += np.uint64(1)
+        if _ZIG_F[i] + _unit(r2) * (_ZIG_F[i + 1] - _ZIG_F[i]) < math.exp(-0.5 * x * x):
+            return x
+
+
+@njit(cache=True)
+def _first_draws(base, flat):
+    """Attempt 0 of ``_normal(base, k)`` for every k: the value where it lands under the curve, else NaN."""
+    for k in range(flat.shape[0]):
+        r = _mix(base ^ (np.uint64(k) * _GOLDEN))
+        i = np.int64(r & _M7)
+        u = np.float64(np.int64(r >> _S8)) * _TWO_M56 * 2.0 - 1.0
+        flat[k] = np.float32(u * _ZIG_X[i]) if abs(u) < _ZIG_RATIO[i] else np.float32(np.nan)
+
+
+@njit(cache=True)
+def _finish_draws(base, flat):
+    for k in range(flat.shape[0]):
+        if flat[k] != flat[k]:
+            flat[k] = np.float32(_normal(base, k))
+
+
+@njit(cache=True)
+def _scale_channels(pixels, mean, std):
+    for ch in range(pixels.shape[1]):
+        m = mean[ch]
+        s = std[ch]
+        for p in range(pixels.shape[0]):
+            pixels[p, ch] = np.float32(m + s * np.float64(pixels[p, ch]))
+
+
 @njit(cache=True)
 def gaussian_one(index, seed, split, mean, std, out):
-    """Fill one contiguous H x W x C float32 image with N(mean[c], std[c]^2) noise.
+    """Fill one contiguous H x W x C float32 image with N(mean[c], std[c]^2) noise (ziggurat).
 
-    Box-Muller on pairs of values: one hash gives two 32-bit uniforms, which give two normals.
+    Three passes, each a simple loop the compiler vectorizes: the first draws of all values
+    (NaN where a draw misses the fast region), the misses (about 1%) by the full method, the
+    per-channel scaling. Plain IEEE arithmetic throughout (no fast-math), so vectorized and
+    scalar code give the same bits on every machine.
     """
     h, w, c = out.shape
-    n = h * w * c
-    flat = out.reshape(n)
+    flat = out.reshape(h * w * c)
     base = _key(seed, _GAUSS, split, index)
-    for q in range((n + 1) // 2):
-        r = _mix(base ^ (np.uint64(q) * _GOLDEN))
-        u1 = (np.float64(r >> _S32) + 1.0) * _TWO_M32  # (0, 1]
-        u2 = np.float64(r & _LOW32) * _TWO_M32  # [0, 1)
-        radius = math.sqrt(-2.0 * math.log(u1))
-        angle = _TWO_PI * u2
-        v = 2 * q
-        flat[v] = np.float32(mean[v % c] + std[v % c] * (radius * math.cos(angle)))
-        if v + 1 < n:
-            flat[v + 1] = np.float32(mean[(v + 1) % c] + std[(v + 1) % c] * (radius * math.sin(angle)))
+    _first_draws(base, flat)
+    _finish_draws(base, flat)
+    _scale_channels(out.reshape(h * w, c), mean, std)
 
 
 @njit(cache=True, parallel=True)

@@ -114,6 +114,26 @@ def test_gaussian_matches_dataset_mean_and_variance(digits):
     assert np.array_equal(out, other)
 
 
+def test_gaussian_values_are_standard_normal_into_the_tails():
+    """The ziggurat generator: the CDF, the moments and the tails (its wedge and tail branches)."""
+    import math
+
+    n = 2000
+    out = C.corrupt_images(np.zeros((n, 32, 32, 3), np.uint8), np.arange(n), "gaussian", seed=4,
+                           stats=(np.zeros(3), np.ones(3)))
+    z = out.astype(np.float64).ravel()  # 6.1 million draws
+    assert abs(z.mean()) < 0.002 and abs(z.var() - 1) < 0.003
+    assert abs((z**4).mean() - 3) < 0.02  # kurtosis of a normal
+    zs = np.sort(z)
+    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    grid = np.linspace(-4, 4, 161)
+    assert max(abs(e - phi(g)) for e, g in zip(np.searchsorted(zs, grid) / z.size, grid)) < 0.001
+    for a in (3.0, C._ZIG_R, 4.0):  # beyond R every value comes from the tail branch
+        expected = 2 * (1 - phi(a)) * z.size
+        assert abs((np.abs(z) > a).sum() - expected) < 5 * math.sqrt(expected), a
+    assert (z > 0).mean() == pytest.approx(0.5, abs=0.001)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="outside"):
         C.corrupt_labels(np.zeros(3), np.arange(3), 0, 1.5, 10)
