@@ -13,6 +13,12 @@ def test_defaults_follow_the_paper():
     assert mlp.optim.lr == 0.01
     dig = TrialConfig.from_dict({}).resolved()
     assert dig.data.name == "digits" and dig.optim.lr_decay == pytest.approx(0.95 ** (1437 / 50000))
+    # A bare ImageNet trial gets the recipe's schedule (0.94 every two epochs), as sweeps do.
+    from rethink_dist.distributed import IMAGENET_RECIPE
+
+    img = TrialConfig.from_dict({"model": {"name": "inception_v3"},
+                                 "data": {"name": "imagenet", "loader": "ffcv", "beton_dir": "b"}}).resolved()
+    assert img.optim.lr_decay == IMAGENET_RECIPE["optim.lr_decay"] and img.optim.epochs == 90
 
 
 def test_flat_and_name():
