@@ -23,6 +23,20 @@ def test_digits_split_fixed_and_stratified():
     assert counts.min() >= 35 and counts.max() <= 37
 
 
+def test_digits_equal_scikit_learns_split():
+    """The stored split and the direct file read give exactly scikit-learn's load_digits + train_test_split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    tr_x, te_x, tr_y, te_y = train_test_split(images, d.target, train_size=1437, stratify=d.target,
+                                              random_state=0, shuffle=True)
+    ours = load("digits")
+    assert np.array_equal(ours.train_x, tr_x) and np.array_equal(ours.test_x, te_x)
+    assert np.array_equal(ours.train_y, tr_y) and np.array_equal(ours.test_y, te_y)
+
+
 def test_cifar_round_trip_exact_format(tmp_path):
     rng = np.random.default_rng(0)
     tx, ty, vx, vy = _fake_cifar(rng)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -108,18 +109,40 @@ def load(name: str, root: str | None = None, download: bool = False) -> ArrayDat
     return loaders[name]()
 
 
-def _digits() -> ArrayDataset:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def digits_csv_path() -> Path:
+    """scikit-learn's bundled digits file, found without importing scikit-learn (2 s per process)."""
+    import importlib.util
 
-    d = load_digits()
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the digits dataset needs scikit-learn installed (pip install scikit-learn)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise DataError(f"scikit-learn's digits file is missing: {path}")
+    return path
+
+
+def digits_split() -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the training and the test split (stored: see digits_split.txt)."""
+    rows = {}
+    for line in (Path(__file__).parent / "digits_split.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, *values = line.split()
+            rows[name] = np.array([int(v) for v in values], dtype=np.int64)
+    return rows["train"], rows["test"]
+
+
+def _digits() -> ArrayDataset:
+    import gzip
+
+    with gzip.open(digits_csv_path(), "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
     # Pixels are 0..16: rescale to the 0..255 range every other dataset uses.
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    labels = d.target.astype(np.int64)
-    tr_x, te_x, tr_y, te_y = train_test_split(
-        images, labels, train_size=DIGITS_TRAIN, stratify=labels, random_state=0, shuffle=True
-    )
-    return ArrayDataset("digits", np.ascontiguousarray(tr_x), tr_y, np.ascontiguousarray(te_x), te_y,
+    images = np.rint(table[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = table[:, -1].astype(np.int64)
+    train, test = digits_split()
+    return ArrayDataset("digits", np.ascontiguousarray(images[train]), labels[train],
+                        np.ascontiguousarray(images[test]), labels[test],
                         tuple(str(i) for i in range(10)), "sklearn.datasets.load_digits")
 
 
