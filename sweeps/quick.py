@@ -6,7 +6,7 @@ fits its training set (the paper's "time to overfit") or 800 epochs. No explicit
 as in the paper's randomization tests.
 
 Run:      python sweeps/quick.py            (or: rethink-dist sweep sweeps/quick.py; make demo)
-Expected: 27 trials, about 8-9 minutes on 2 CPU cores (each until fitted); seconds per trial on a GPU.
+Expected: 27 trials, about 11 minutes on 2 CPU cores (each until fitted); seconds per trial on a GPU.
 Smoke:    python sweeps/quick.py --smoke    (4 tiny trials, about a minute)
 """
 
