@@ -180,35 +180,44 @@ def _ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _ZIG_X, _ZIG_RATIO, _ZIG_F = _ziggurat_tables()
-_S7 = np.uint64(7)
 _S8 = np.uint64(8)
 _M7 = np.uint64(127)
 _TWO_M56 = 1.0 / 72057594037927936.0  # 2**-56
 
 
 @njit(cache=True, inline="always")
+def _draw(base, k, attempt):
+    """The hash of draw ``attempt`` of value ``k`` in the stream ``base``."""
+    return _mix(base ^ ((np.uint64(k) | (np.uint64(attempt) << _S32)) * _GOLDEN))
+
+
+@njit(cache=True, inline="always")
+def _strip_point(r):
+    """A draw's strip (7 bits) and signed position u in (-1, 1) (56 bits; signed: one conversion)."""
+    return np.int64(r & _M7), np.float64(np.int64(r >> _S8)) * _TWO_M56 * 2.0 - 1.0
+
+
+@njit(cache=True, inline="always")
 def _normal(base, k):
     """The k-th standard normal of the stream ``base``."""
-    attempt = np.uint64(0)
+    attempt = 0
     while True:
-        r = _mix(base ^ ((np.uint64(k) | (attempt << _S32)) * _GOLDEN))
-        attempt += np.uint64(1)
-        i = np.int64(r & _M7)
-        u = np.float64(np.int64(r >> _S8)) * _TWO_M56 * 2.0 - 1.0  # (-1, 1) with 56 bits (signed: one conversion)
+        i, u = _strip_point(_draw(base, k, attempt))
+        attempt += 1
         if abs(u) < _ZIG_RATIO[i]:
             return u * _ZIG_X[i]
         if i == 0:  # the tail beyond R (Marsaglia's method), with the sign of u
             while True:
-                r1 = _mix(base ^ ((np.uint64(k) | (attempt << _S32)) * _GOLDEN))
-                r2 = _mix(base ^ ((np.uint64(k) | ((attempt + np.uint64(1)) << _S32)) * _GOLDEN))
-                attempt += np.uint64(2)
+                r1 = _draw(base, k, attempt)
+                r2 = _draw(base, k, attempt + 1)
+                attempt += 2
                 t = -math.log((np.float64(r1 >> _S11) + 1.0) * _TWO_M53) / _ZIG_R
                 y = -math.log((np.float64(r2 >> _S11) + 1.0) * _TWO_M53)
                 if y + y >= t * t:
                     return _ZIG_R + t if u > 0 else -_ZIG_R - t
         x = u * _ZIG_X[i]
-        r2 = _mix(base ^ ((np.uint64(k) | (attempt << _S32)) * _GOLDEN))
-        attempt += np.uint64(1)
+        r2 = _draw(base, k, attempt)
+        attempt += 1
         if _ZIG_F[i] + _unit(r2) * (_ZIG_F[i + 1] - _ZIG_F[i]) < math.exp(-0.5 * x * x):
             return x
 
@@ -217,9 +226,7 @@ def _normal(base, k):
 def _first_draws(base, flat):
     """Attempt 0 of ``_normal(base, k)`` for every k: the value where it lands under the curve, else NaN."""
     for k in range(flat.shape[0]):
-        r = _mix(base ^ (np.uint64(k) * _GOLDEN))
-        i = np.int64(r & _M7)
-        u = np.float64(np.int64(r >> _S8)) * _TWO_M56 * 2.0 - 1.0
+        i, u = _strip_point(_draw(base, k, 0))
         flat[k] = np.float32(u * _ZIG_X[i]) if abs(u) < _ZIG_RATIO[i] else np.float32(np.nan)
 
 

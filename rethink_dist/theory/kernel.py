@@ -9,9 +9,10 @@ preprocessing), Y the one-hot training labels (0/1), and:
 - ``ridge = 0``: ``K alpha = Y`` by a Cholesky factorization of K, in place (K is the only n x n
   array, so n = 50,000 takes 10 GB in float32). When K is singular (a Cholesky pivot at or below
   ``n * eps * max diag K``, e.g. equal images; or the linear kernel with n > feature dimension,
-  where K has rank <= dimension by construction) the result says ``singular: true`` and alpha is the minimum-norm
-  least-squares solution ``K^+ Y``, with numpy's cut-off: eigenvalues below ``n * eps * max`` are
-  dropped (an eigendecomposition of K; for the linear kernel an SVD of the n x D feature matrix).
+  where K has rank <= dimension by construction) the result says ``singular: true`` and alpha is
+  the minimum-norm least-squares solution ``K^+ Y``, with numpy's cut-off: eigenvalues below
+  ``n * eps * max`` are dropped (an eigendecomposition of K; for the linear kernel an SVD of the
+  n x D feature matrix).
 - ``ridge = lam > 0``: ``(K + lam I) alpha = Y`` for comparison (the paper: 15% vs 17% on CIFAR-10).
 
 Reported: train error (0 when interpolating: the predictions are recomputed as ``K alpha`` from
@@ -133,9 +134,14 @@ class Solution:
     detail: str  # why it is singular, if it is
 
 
+def _lstsq_cutoff(n: int, dtype: torch.dtype, largest: float) -> float:
+    """numpy's lstsq cut-off: values at or below n * eps * the largest count as zero."""
+    return n * torch.finfo(dtype).eps * largest
+
+
 def _pinv_apply(vecs: torch.Tensor, vals: torch.Tensor, rhs: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
     """vecs diag(1/vals) vecs^T rhs over the eigenvalues above numpy's lstsq cut-off n*eps*max."""
-    cut = n * torch.finfo(vals.dtype).eps * float(vals.abs().max())
+    cut = _lstsq_cutoff(n, vals.dtype, float(vals.abs().max()))
     keep = vals.abs() > cut
     v = vecs[:, keep]
     return v @ ((v.T @ rhs) / vals[keep][:, None]), int(keep.sum())
@@ -180,7 +186,7 @@ def solve_min_norm(
         # lstsq cut-off (n * eps * the largest diagonal entry) count as singular.
         pivots = K.diagonal().square()
         row = int(pivots.argmin())
-        cut = n * torch.finfo(K.dtype).eps * top
+        cut = _lstsq_cutoff(n, K.dtype, top)
         if float(pivots[row]) > cut:
             return Solution(cholesky_solve_inplace_factor(K, Y), "cholesky", False, None, "")
         detail = (f"Cholesky pivot {float(pivots[row]):.3g} at row {row + 1} of {n} is below the cut-off "
