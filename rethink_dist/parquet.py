@@ -6,15 +6,17 @@ duplicates them. Columns: docs/results-format.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 FIRST_COLUMNS = ["trial_id", "sweep", "run_name", "kind", "epoch"]
+_LIVE: dict[str, "ResultsTable"] = {}  # resolved path -> the table a running sweep writes
 
 
 class ResultsTable:
@@ -29,13 +31,32 @@ class ResultsTable:
                 self.rows[(row["trial_id"], int(row["epoch"]))] = row
 
     # Tune pickles its callbacks with the experiment state and unpickles them on --resume: the
-    # table travels as its path and reloads the rows written so far, never an old in-memory copy.
+    # table travels as its path. Unpickled while a sweep holds the table live (see live()), it is
+    # that same table (one set of rows, shared); otherwise it reloads the rows written so far.
     def __getstate__(self) -> dict[str, Any]:
         self.flush()
         return {"path": str(self.path), "min_interval_s": self.min_interval_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["min_interval_s"])
+        live = _LIVE.get(str(Path(state["path"]).resolve()))
+        if live is not None:
+            self.__dict__ = live.__dict__  # the same rows and the same pending writes
+        else:
+            self.__init__(state["path"], state["min_interval_s"])
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator["ResultsTable"]:
+        """While inside, copies of this table unpickled in this process share its rows: a resumed
+        sweep's restored Tune callback and the sweep's own code write one table, not two."""
+        key = str(self.path.resolve())
+        if key in _LIVE and _LIVE[key] is not self:
+            raise RuntimeError(f"another sweep in this process is writing {self.path}")
+        _LIVE[key] = self
+        try:
+            yield self
+        finally:
+            self.flush()
+            _LIVE.pop(key, None)
 
     def add(self, row: dict[str, Any], flush: bool = False) -> None:
         """Insert or replace the row of (row['trial_id'], row['epoch']); write if due."""

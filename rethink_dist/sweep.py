@@ -420,27 +420,29 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
             parameter_columns={"spec/run_name": "run"}, max_report_frequency=20, print_intermediate_tables=True,
         ),
     )
-    if resume:
-        tuner = tune.Tuner.restore(tune_dir, fn, resume_unfinished=True, resume_errored=True)
-    else:
-        param_space = {"spec": tune.grid_search([s.to_dict() for s in sweep.trials]), "ctx": ctx}
-        # reuse_actors stays off: with it on (Ray 2.60), test_interrupted_driver_resumes found a
-        # trial finished before the interruption with 59 more Parquet rows (without process ids)
-        # after the resume. A fresh process per trial costs ~5 s of imports.
-        tuner = tune.Tuner(
-            fn, param_space=param_space, run_config=run_config,
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-        )
     status = "FINISHED"
     try:
-        grid = tuner.fit()
-        for result in grid:
-            tid = ((result.config or {}).get("spec") or {}).get("trial_id")
-            callback.reconcile(tid, result.checkpoint, finished=result.error is None)
-        errors = [r for r in grid if r.error is not None]
-        if errors:
-            status = "FAILED"
+        with table.live():  # on --resume, Tune's restored callback writes this same table
+            if resume:
+                tuner = tune.Tuner.restore(tune_dir, fn, resume_unfinished=True, resume_errored=True)
+            else:
+                param_space = {"spec": tune.grid_search([s.to_dict() for s in sweep.trials]), "ctx": ctx}
+                # A trial's actor (its process, with torch and MLflow imported) runs the next trial
+                # that asks for the same resources: a fresh process cost ~9 s per trial.
+                tuner = tune.Tuner(
+                    fn, param_space=param_space, run_config=run_config,
+                    tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                )
+            grid = tuner.fit()  # returns normally after a Ctrl-C too: then some trials are unfinished
+            errors, unfinished = 0, 0
+            for result in grid:
+                tid = ((result.config or {}).get("spec") or {}).get("trial_id")
+                done = result.error is None and bool((result.metrics or {}).get("done_training"))
+                errors += result.error is not None
+                unfinished += result.error is None and not done
+                callback.reconcile(tid, result.checkpoint, finished=done)
+        status = "FAILED" if errors else "KILLED" if unfinished else "FINISHED"
     except BaseException:
         status = "KILLED"
         raise
@@ -449,7 +451,8 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         finish_run(tracking_uri, parent, status)
     summary = [rows[-1] for rows in (table.trial_rows(s.trial_id) for s in sweep.trials) if rows]
     return {"results_dir": str(folder), "parquet": str(folder / "trials.parquet"), "tracking_uri": tracking_uri,
-            "experiment": sweep.name, "summary": summary, "errors": len(errors), "planned": len(sweep.trials)}
+            "experiment": sweep.name, "summary": summary, "errors": errors, "unfinished": unfinished,
+            "planned": len(sweep.trials)}
 
 
 def _can_restore(path: str) -> bool:
@@ -607,14 +610,26 @@ def run_from_args(path: str, args: argparse.Namespace) -> int:
     out = run_sweep(sweep, storage=args.storage, tracking_uri=args.tracking_uri, resume=args.resume,
                     max_concurrent=args.max_concurrent, ray_address=args.ray_address, num_cpus=args.num_cpus,
                     results_dir=args.results_dir, max_failures=args.max_failures)
-    print(f"\nsweep {sweep.name!r}: {len(out['summary'])}/{out['planned']} trials with results, "
-          f"{out['errors']} failed")
+    print(sweep_outcome(sweep.name, out))
     print_summary(out["summary"])
     print(f"\nParquet table: {out['parquet']}")
     print(f"MLflow store:  {out['tracking_uri']}  (experiment {out['experiment']!r})")
     if out["tracking_uri"].startswith("sqlite:"):
         print(f"Open the MLflow UI: mlflow ui --backend-store-uri {out['tracking_uri']} --host 127.0.0.1")
-    return 1 if out["errors"] else 0
+    return exit_code(out)
+
+
+def sweep_outcome(name: str, out: dict[str, Any]) -> str:
+    """The line after a sweep: how many trials have results, failed, or were left unfinished."""
+    line = f"\nsweep {name!r}: {len(out['summary'])}/{out['planned']} trials with results, {out['errors']} failed"
+    if out["unfinished"]:
+        line += f", {out['unfinished']} unfinished (interrupted: continue with --resume)"
+    return line
+
+
+def exit_code(out: dict[str, Any]) -> int:
+    """1 when a trial failed, 130 (as for Ctrl-C) when the sweep was interrupted, else 0."""
+    return 1 if out["errors"] else 130 if out["unfinished"] else 0
 
 
 def main(path: str, argv: list[str] | None = None) -> int:

@@ -212,10 +212,19 @@ def test_interrupted_driver_resumes(tmp_path):
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
+    log.close()
+    first_log = (tmp_path / "first.log").read_text()
+    assert first.returncode == 130 and "unfinished (interrupted: continue with --resume)" in first_log, \
+        (first.returncode, first_log[-3000:])
     before = pd.read_parquet(parquet)
     done_before = set(before.loc[before["finished"], "trial_id"])
     assert 1 <= len(done_before) < 3, "interrupt came too late to test a resume"
+    # "finished" means trained to the end: an interrupted trial is never marked finished
+    assert (before[before["trial_id"].isin(done_before)].groupby("trial_id")["epoch"].max() == 60).all()
     rows_before = before[before["trial_id"].isin(done_before)].sort_values(["trial_id", "epoch"])
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    _, runs = mlflow_runs(uri, "resumable")
+    assert [r.info.status for r in runs if r.data.tags.get("rethink.role") == "sweep"] == ["KILLED"]
 
     # without --resume the existing sweep is refused, not mixed
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
@@ -226,14 +235,15 @@ def test_interrupted_driver_resumes(tmp_path):
     after = pd.read_parquet(parquet)
     assert after.groupby("trial_id")["finished"].any().all() and after["trial_id"].nunique() == 3
     assert not after.duplicated(["trial_id", "epoch"]).any()
+    # every row keeps what only the live result carried (the trial's process and node)
+    assert after["pid"].notna().all() and after["node_id"].notna().all(), after.groupby("trial_id")["pid"].count()
     rows_after = after[after["trial_id"].isin(done_before)].sort_values(["trial_id", "epoch"])
     assert list(rows_after["pid"]) == list(rows_before["pid"]), "a finished trial was rerun"
 
-    uri = f"sqlite:///{store / 'mlflow.db'}"
     client, runs = mlflow_runs(uri, "resumable")
     children = child_runs(runs)
     assert len(children) == 3 and {r.data.tags["rethink.trial_id"] for r in children} == set(after["trial_id"])
-    assert len([r for r in runs if r.data.tags.get("rethink.role") == "sweep"]) == 1
+    assert [r.info.status for r in runs if r.data.tags.get("rethink.role") == "sweep"] == ["FINISHED"]
     for run in children:
         assert run.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]

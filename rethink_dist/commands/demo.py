@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not QUICK.is_file():
         raise UsageError(f"demo: {str(QUICK)!r} is missing: run the demo from a rethink-dist checkout")
-    from rethink_dist.sweep import DEFAULT_STORAGE, _can_restore, load_sweep, print_summary, run_sweep
+    from rethink_dist.sweep import (DEFAULT_STORAGE, _can_restore, exit_code, load_sweep, print_summary, run_sweep,
+                                    sweep_outcome)
 
     sweep = load_sweep(QUICK, smoke=args.smoke)
     storage = str(Path(args.storage or DEFAULT_STORAGE).resolve())
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo: sweep {sweep.name!r} ({len(sweep.trials)} trials) into {storage}"
           + (" (continuing the earlier run)" if resume else ""), file=sys.stderr, flush=True)
     out = run_sweep(sweep, storage=storage, resume=resume, ray_address="local", num_cpus=args.num_cpus)
-    print(f"\nsweep {sweep.name!r}: {len(out['summary'])}/{out['planned']} trials with results, {out['errors']} failed")
+    print(sweep_outcome(sweep.name, out))
     print_summary(out["summary"])
 
     from rethink_dist.commands import report
@@ -41,4 +42,4 @@ def run(args: argparse.Namespace) -> int:
     print("Report:        ", end="", flush=True)
     rc = report.run(argparse.Namespace(results=out["results_dir"], out=None, tracking_uri=None, experiment=None,
                                        no_mlflow=False))
-    return 1 if out["errors"] else rc
+    return exit_code(out) or rc
