@@ -128,6 +128,44 @@ def test_smoke_sweep_on_two_nodes(ray_two_nodes, mlflow_server, tmp_path):
         assert bool(rows["finished"].iloc[-1]) and not rows["finished"].iloc[:-1].any()
 
 
+BATCHED = """
+NAME = "batched"
+
+def trials(data_root=None):
+    return [{"model": {"name": "mlp_1x512"}, "optim": {"epochs": 6}, "data": {"max_train": 200}}]
+"""
+
+
+def test_short_epochs_go_to_tune_several_per_report(ray_two_nodes, tmp_path):
+    """Several epochs per report (one report here): every epoch still reaches Parquet and MLflow once."""
+    sweep = load_sweep(write_sweep(tmp_path, "batched", BATCHED))
+    out = run_sweep(sweep, storage=str(tmp_path / "store"), verbose=0, report_seconds=3600)
+    assert out["errors"] == 0
+    tid = sweep.trials[0].trial_id
+    reports = [json.loads(line) for line in
+               (tmp_path / "store" / "batched" / "tune" / tid / "result.json").read_text().splitlines()]
+    assert len(reports) == 1, "with report_seconds=3600 the trial reports once, when it is done"
+    assert [r["epoch"] for r in reports[0]["records"]] == [1, 2, 3, 4, 5, 6]
+    assert reports[0]["epoch"] == 6 and reports[0]["done_training"]
+
+    df = pd.read_parquet(out["parquet"]).sort_values("epoch")
+    assert list(df["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert np.allclose(df["train_loss"], [r["train_loss"] for r in reports[0]["records"]])
+    assert list(df["finished"]) == [False] * 5 + [True]
+    client, runs = mlflow_runs(out["tracking_uri"], "batched")
+    (child,) = child_runs(runs)
+    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_report_seconds_must_be_a_number_at_least_zero(tmp_path):
+    path = write_sweep(tmp_path, "batched", BATCHED)
+    proc = subprocess.run([sys.executable, "-m", "rethink_dist.cli", "sweep", str(path), "--report-seconds", "-1",
+                           "--storage", str(tmp_path / "s")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 2 and "--report-seconds must be a finite number >= 0" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "s").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # A killed trial worker resumes from its last checkpoint
 # ---------------------------------------------------------------------------------------------
