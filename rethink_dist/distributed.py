@@ -256,9 +256,13 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
             "repeated_samples": int(len(all_idx) - len(np.unique(all_idx))),
         }
         summary = trial.summary()
+        # The history as of this checkpoint, as text: ray.train.report may serialize its metrics
+        # after this rank has gone on to append the next epoch to trial.history, and an epoch
+        # must reach MLflow only with the checkpoint that contains it.
+        history_json = json.dumps(trial.history, default=str)
         with tempfile.TemporaryDirectory(prefix="rethink-ddp-ckpt-") as d:
             torch.save(trial.state_dict(), Path(d) / "state.pt")
-            (Path(d) / "history.json").write_text(json.dumps(trial.history, default=str))
+            (Path(d) / "history.json").write_text(history_json)
             (Path(d) / "summary.json").write_text(json.dumps({"meta": trial.meta, "summary": summary}, default=str))
             (Path(d) / "ddp.json").write_text(json.dumps(audit, indent=1))
             np.savez_compressed(Path(d) / "shards.npz", **{f"rank{r}_index": g[1] for r, g in enumerate(gathered)},
@@ -268,7 +272,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
                  # node: rank 0's (Tune fills in pid and hostname with the Tune trial's own)
                  "labels_fingerprint": meta["labels_fingerprint"], "node": me["node"], "node_id": me["node_id"],
                  "ddp_world_size": world, "ddp_started_from_epoch": started_from,
-                 _TRIAL_KEY: {"meta": trial.meta, "summary": summary, "history": trial.history}},
+                 _TRIAL_KEY: {"meta": trial.meta, "summary": summary, "history": json.loads(history_json)}},
                 checkpoint=ray.train.Checkpoint.from_directory(d),
             )
 
