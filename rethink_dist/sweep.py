@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import socket
 import sys
@@ -617,7 +618,7 @@ def run_from_args(path: str, args: argparse.Namespace) -> int:
         raise SweepError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     if args.max_failures < -1:
         raise SweepError(f"--max-failures must be >= -1 (-1: unlimited), got {args.max_failures}")
-    if not args.report_seconds >= 0 or args.report_seconds == float("inf"):
+    if not (math.isfinite(args.report_seconds) and args.report_seconds >= 0):
         raise SweepError(f"--report-seconds must be a finite number >= 0 (0: every epoch), got {args.report_seconds}")
     overrides = {k: v for k, v in (("cpus", args.cpus_per_trial), ("gpus", args.gpus_per_trial)) if v is not None}
     sweep = load_sweep(path, data_root=args.data_root, smoke=args.smoke, resources=overrides)
