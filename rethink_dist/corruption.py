@@ -56,7 +56,7 @@ _TWO_M53 = 1.0 / 9007199254740992.0  # 2**-53
 MAX_POSITIONS = 1 << 20
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def _mix(z):
     """SplitMix64 finalizer: a bijective avalanche of a 64-bit word."""
     z = (z ^ (z >> _S30)) * _M1
@@ -64,7 +64,7 @@ def _mix(z):
     return z ^ (z >> _S31)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def _key(seed, stream, split, index):
     h = _mix(np.uint64(seed) + _GOLDEN)
     h = _mix(h ^ (stream * _GOLDEN))
@@ -72,7 +72,7 @@ def _key(seed, stream, split, index):
     return _mix(h ^ np.uint64(index))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def _unit(h):
     """A uniform double in [0, 1) from a hash."""
     return np.float64(h >> _S11) * _TWO_M53
@@ -81,7 +81,7 @@ def _unit(h):
 # ----------------------------------------------------------------------------------------------
 # Labels
 # ----------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def corrupt_label_one(label, index, seed, split, level, num_classes):
     """The corrupted label of one sample."""
     if _unit(_key(seed, _LABEL_COIN, split, index)) < level:
@@ -89,7 +89,7 @@ def corrupt_label_one(label, index, seed, split, level, num_classes):
     return np.int64(label)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _corrupt_labels_kernel(labels, indices, seed, split, level, num_classes, out):
     for i in range(indices.shape[0]):
         out[i] = corrupt_label_one(labels[i], indices[i], seed, split, level, num_classes)
@@ -118,7 +118,7 @@ def corrupt_labels(
 # ----------------------------------------------------------------------------------------------
 # Pixels: permutations of positions (images are H x W x C; a position is one (h, w))
 # ----------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _permutation(base, num_positions):
     """A uniformly random permutation: Fisher-Yates driven by one hash per position (O(n), no sort)."""
     perm = np.arange(num_positions)
@@ -131,19 +131,19 @@ def _permutation(base, num_positions):
     return perm
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def shuffle_permutation(seed, num_positions):
     """The one permutation of ``num_positions`` pixel positions used by ``shuffled_pixels``."""
     return _permutation(_key(seed, _SHUFFLE, 0, 0), num_positions)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def random_permutation(seed, split, index, num_positions):
     """The permutation of pixel positions for one image under ``random_pixels``."""
     return _permutation(_key(seed, _RANDPERM, split, index), num_positions)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def permute_one(image, perm, out):
     """out[position k] = image[position perm[k]] for a contiguous H x W x C image."""
     h, w, c = image.shape
@@ -183,21 +183,25 @@ _ZIG_X, _ZIG_RATIO, _ZIG_F = _ziggurat_tables()
 _S8 = np.uint64(8)
 _M7 = np.uint64(127)
 _TWO_M56 = 1.0 / 72057594037927936.0  # 2**-56
+# Marks a first draw that missed the fast region. A finite value that no first draw can take (they
+# are below R = 3.44 in magnitude), not NaN: code compiled with fast-math (FFCV compiles its
+# pipelines so, and numba lets callees inherit it) may assume that no NaN exists and drop the test.
+_MISS = np.float32(1e30)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def _draw(base, k, attempt):
     """The hash of draw ``attempt`` of value ``k`` in the stream ``base``."""
     return _mix(base ^ ((np.uint64(k) | (np.uint64(attempt) << _S32)) * _GOLDEN))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def _strip_point(r):
     """A draw's strip (7 bits) and signed position u in (-1, 1) (56 bits; signed: one conversion)."""
     return np.int64(r & _M7), np.float64(np.int64(r >> _S8)) * _TWO_M56 * 2.0 - 1.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def _normal(base, k):
     """The k-th standard normal of the stream ``base``."""
     attempt = 0
@@ -222,22 +226,22 @@ def _normal(base, k):
             return x
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _first_draws(base, flat):
-    """Attempt 0 of ``_normal(base, k)`` for every k: the value where it lands under the curve, else NaN."""
+    """Attempt 0 of ``_normal(base, k)`` for every k: the value where it lands under the curve, else _MISS."""
     for k in range(flat.shape[0]):
         i, u = _strip_point(_draw(base, k, 0))
-        flat[k] = np.float32(u * _ZIG_X[i]) if abs(u) < _ZIG_RATIO[i] else np.float32(np.nan)
+        flat[k] = np.float32(u * _ZIG_X[i]) if abs(u) < _ZIG_RATIO[i] else _MISS
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _finish_draws(base, flat):
     for k in range(flat.shape[0]):
-        if flat[k] != flat[k]:
+        if flat[k] == _MISS:
             flat[k] = np.float32(_normal(base, k))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _scale_channels(pixels, mean, std):
     for ch in range(pixels.shape[1]):
         m = mean[ch]
@@ -246,14 +250,15 @@ def _scale_channels(pixels, mean, std):
             pixels[p, ch] = np.float32(m + s * np.float64(pixels[p, ch]))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def gaussian_one(index, seed, split, mean, std, out):
     """Fill one contiguous H x W x C float32 image with N(mean[c], std[c]^2) noise (ziggurat).
 
     Three passes, each a simple loop the compiler vectorizes: the first draws of all values
-    (NaN where a draw misses the fast region), the misses (about 1%) by the full method, the
-    per-channel scaling. Plain IEEE arithmetic throughout (no fast-math), so vectorized and
-    scalar code give the same bits on every machine.
+    (_MISS where a draw misses the fast region), the misses (about 1%) by the full method, the
+    per-channel scaling. Plain IEEE arithmetic throughout: every kernel here is compiled with
+    ``fastmath=False`` stated, so that a fast-math caller (FFCV's pipeline compiler) cannot pass
+    its flags down, and vectorized and scalar code give the same bits on every machine.
     """
     h, w, c = out.shape
     flat = out.reshape(h * w * c)
@@ -263,20 +268,20 @@ def gaussian_one(index, seed, split, mean, std, out):
     _scale_channels(out.reshape(h * w, c), mean, std)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, fastmath=False, parallel=True)
 def _shuffle_kernel(images, perm, out):
     for i in prange(images.shape[0]):
         permute_one(images[i], perm, out[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, fastmath=False, parallel=True)
 def _random_pixels_kernel(images, indices, seed, split, out):
     n = images.shape[1] * images.shape[2]
     for i in prange(images.shape[0]):
         permute_one(images[i], random_permutation(seed, split, indices[i], n), out[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, fastmath=False, parallel=True)
 def _gaussian_kernel(indices, seed, split, mean, std, out):
     for i in prange(indices.shape[0]):
         gaussian_one(indices[i], seed, split, mean, std, out[i])

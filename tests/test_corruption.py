@@ -134,6 +134,35 @@ def test_gaussian_values_are_standard_normal_into_the_tails():
     assert (z > 0).mean() == pytest.approx(0.5, abs=0.001)
 
 
+def test_gaussian_same_bits_when_first_compiled_by_a_fast_math_caller(tmp_path):
+    """FFCV compiles its pipelines with fastmath=True and numba lets callees inherit it; compiled so,
+    a NaN test inside the kernels would vanish (2.7% of the values stayed NaN, and the numba cache
+    then served that build to the memory path too). The kernels state fastmath=False."""
+    stats = (np.array([72.0]), np.array([90.0]))
+    plain = C.corrupt_images(np.zeros((40, 28, 28, 1), np.uint8), np.arange(40), "gaussian", seed=5, stats=stats)
+    assert np.isfinite(plain).all()
+    np.save(tmp_path / "plain.npy", plain)
+    code = f"""
+import numpy as np
+from numba import njit
+from rethink_dist import corruption as C
+@njit(fastmath=True, error_model="numpy")  # as ffcv.pipeline.compiler.Compiler.compile does
+def pipeline(indices, mean, std, out):
+    for i in range(indices.shape[0]):
+        C.gaussian_one(indices[i], 5, C.SPLIT_TRAIN, mean, std, out[i])
+out = np.zeros((40, 28, 28, 1), np.float32)
+pipeline(np.arange(40), np.array([72.0]), np.array([90.0]), out)
+assert np.isfinite(out).all(), int(np.isnan(out).sum())
+assert np.array_equal(out, np.load({str(tmp_path / "plain.npy")!r}))
+again = C.corrupt_images(np.zeros((40, 28, 28, 1), np.uint8), np.arange(40), "gaussian", seed=5,
+                         stats=(np.array([72.0]), np.array([90.0])))
+assert np.array_equal(again, out)
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}  # nothing compiled before this caller
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="outside"):
         C.corrupt_labels(np.zeros(3), np.arange(3), 0, 1.5, 10)
