@@ -6,20 +6,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev chromium
+APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev chromium dataset-fashion-mnist
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Where `make demo` keeps its results (MLflow store, Parquet tables, report).
 RESULTS ?= results
 
 .PHONY: demo test system-deps venv clean-venv
 
 # FFCV compiles against OpenCV and libjpeg-turbo; the report's test opens its HTML in headless
-# Chromium. Install them when missing (needs root or sudo).
+# Chromium; Debian's dataset-fashion-mnist is the paper-scale data set. Install them when missing
+# (needs root or sudo).
 system-deps:
-	@if pkg-config --exists opencv4 2>/dev/null && pkg-config --exists libturbojpeg 2>/dev/null && command -v chromium >/dev/null; then \
-		echo "system packages for FFCV and the report test: present"; \
+	@if pkg-config --exists opencv4 2>/dev/null && pkg-config --exists libturbojpeg 2>/dev/null && command -v chromium >/dev/null && [ -f $(FASHION_MNIST) ]; then \
+		echo "system packages for FFCV, the report test and Fashion-MNIST: present"; \
 	else \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-		echo "installing system packages for FFCV and the report test: $(APT_PACKAGES)"; \
+		echo "installing system packages for FFCV, the report test and Fashion-MNIST: $(APT_PACKAGES)"; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	fi
 
@@ -32,10 +34,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: system-deps $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m rethink_dist.cli demo --storage $(RESULTS)
 
-test: $(STAMP)
+test: system-deps $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest -q -p no:cacheprovider tests
 
 clean-venv:

@@ -58,6 +58,7 @@ class DataConfig:
     beton_dir: str | None = None  # folder with train.beton / test.beton (loader=ffcv)
     image_size: int | None = None  # input side after cropping; None: the dataset's default
     max_train: int | None = None  # use only the first N training samples (None: all)
+    channels: int | None = None  # model input channels (a gray channel repeated); None: the dataset's default
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ class TrialConfig:
             epochs=optim.epochs if optim.epochs is not None else info.epochs,
         )
         data = dataclasses.replace(
-            self.data, image_size=self.data.image_size if self.data.image_size is not None else info.crop
+            self.data, image_size=self.data.image_size if self.data.image_size is not None else info.crop,
+            channels=self.data.channels if self.data.channels is not None else input_channels(info),
         )
         name = self.name if self.name is not None else run_name(self, optim)
         return dataclasses.replace(self, optim=optim, data=data, name=name)
@@ -194,6 +196,11 @@ class TrialConfig:
             raise ConfigError("data.loader='ffcv' needs data.beton_dir (the folder with train.beton and test.beton)")
         if self.data.image_size is not None and self.data.image_size < 1:
             raise ConfigError(f"data.image_size must be >= 1, got {self.data.image_size}")
+        if self.data.channels is not None:
+            stored = info.image_shape[2] if info.image_shape else 3
+            if self.data.channels < 1 or (stored != 1 and self.data.channels != stored):
+                valid = "an integer >= 1 (the gray channel is repeated)" if stored == 1 else str(stored)
+                raise ConfigError(f"data.channels={self.data.channels} is not valid for {self.data.name!r}; valid: {valid}")
         if self.data.max_train is not None and self.data.max_train < 1:
             raise ConfigError(f"data.max_train must be >= 1, got {self.data.max_train}")
 
@@ -253,6 +260,13 @@ class TrialConfig:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
+
+
+def input_channels(info) -> int:
+    """The channels a dataset's models see by default: its ``input_channels``, else the stored ones."""
+    if info.input_channels is not None:
+        return info.input_channels
+    return info.image_shape[2] if info.image_shape else 3
 
 
 def run_name(cfg: TrialConfig, optim: OptimConfig | None = None) -> str:

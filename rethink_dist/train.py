@@ -74,7 +74,7 @@ def build_loader(cfg: TrialConfig, device: torch.device) -> tuple[Loader, dict[s
     ds = load(cfg.data.name, cfg.data.root, cfg.data.download).subset_train(cfg.data.max_train)
     arrays = corrupt_dataset(ds, cfg.corruption)
     crop = cfg.data.image_size or info.crop
-    loader = MemoryLoader(arrays, crop, cfg.reg.augment, info.augment_pad, device)
+    loader = MemoryLoader(arrays, crop, cfg.reg.augment, info.augment_pad, device, channels=cfg.data.channels)
     meta = {
         "dataset_fingerprint": ds.fingerprint,
         "dataset_source": ds.source,

@@ -337,3 +337,54 @@ def test_prepare_bad_input_leaves_nothing(tmp_path, capsys):
     code, err = _cli(capsys, "prepare", "imagenet", "--data-root", str(raw), "--out", str(out), "--workers", "1")
     assert code == 2 and "broken.JPEG" in err.splitlines()[-1]
     assert os.listdir(out) == []
+
+
+# ------------------------------------------------------------------------------------- Fashion-MNIST
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    """The first 600 / 200 real Fashion-MNIST images as IDX files, and their .beton files."""
+    from rethink_dist.data.fashion_mnist import DEFAULT_ROOT, write_fashion_mnist
+
+    if not (Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz").is_file() and not os.environ.get("CI"):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make system-deps installs it)")
+    real = load("fashion_mnist")
+    root = tmp_path_factory.mktemp("fashion")
+    write_fashion_mnist(root / "raw", real.train_x[:600], real.train_y[:600], real.test_x[:200], real.test_y[:200])
+    meta = prepare("fashion_mnist", str(root / "raw"), root / "beton", workers=2)
+    return {"root": str(root / "raw"), "out": root / "beton", "meta": meta, "ds": load("fashion_mnist", str(root / "raw"))}
+
+
+@pytest.mark.parametrize("kind,level", [("none", 0.0)] + CASES)
+def test_fashion_mnist_ffcv_equals_memory_path(fashion, kind, level):
+    """prepare fashion_mnist, then the FFCV path gives the memory path's 3-channel inputs bit for bit:
+    corrupted pixels and labels, centre-cropped evaluation batches, augmented training batches."""
+    from rethink_dist.data.preprocess import preprocess
+
+    meta = fashion["meta"]
+    assert meta["image_shape"] == [28, 28, 1] and meta["image_field"] == "ndarray"
+    assert meta["splits"]["train"]["num_samples"] == 600 and meta["fingerprint"] == fashion["ds"].fingerprint
+    cfg = ffcv_cfg("fashion_mnist", fashion["out"], kind, level, 5, root=fashion["root"])
+    cfg = cfg.replace(**{"reg.augment": True, "optim.batch_size": 128})
+    loader, _ = build(cfg)
+    arrays = corrupt_dataset(fashion["ds"], cfg.corruption)
+    memory = MemoryLoader(arrays, 28, False, 2, CPU, channels=3)
+    x, y = loader.corrupted_arrays("train")
+    assert np.array_equal(x, arrays.train_x) and np.array_equal(y, arrays.train_y)
+    assert loader.input_shape == memory.input_shape == (3, 28, 28)
+    for split in ("train", "test"):
+        fx, fy = map(torch.cat, zip(*loader.eval_batches(split)))
+        mx, my = map(torch.cat, zip(*memory.eval_batches(split)))
+        assert torch.equal(fx, mx) and torch.equal(fy, my)
+    # Augmented training batches: the same random crops (padding 2) of the same corrupted images.
+    batches = list(loader.train_batches(128, torch.Generator().manual_seed(3)))
+    order = torch.from_numpy(loader.last_epoch[0].astype(np.int64))
+    raw = torch.from_numpy(arrays.train_x).permute(0, 3, 1, 2).contiguous()
+    gen = torch.Generator().manual_seed(3)
+    torch.randint(0, 2**31 - 1, (1,), generator=gen)  # the draw of FFCV's epoch number
+    start = 0
+    for bx, by in batches:
+        idx = order[start : start + len(by)]
+        start += len(by)
+        expected = preprocess(raw[idx], 28, augment=True, pad=2, generator=gen, channels=3)
+        assert torch.equal(bx, expected) and torch.equal(by, torch.from_numpy(arrays.train_y)[idx])
+    assert start == 600

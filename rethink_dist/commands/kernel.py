@@ -13,7 +13,7 @@ FLAGS = ("dataset", "data_root", "kernel", "gamma", "features", "num_filters", "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="digits (default) | cifar10 | synthetic")
+    p.add_argument("--dataset", help="digits (default) | fashion_mnist | cifar10 | synthetic")
     p.add_argument("--data-root", help="folder with the dataset's files (cifar10: holds cifar-10-batches-py)")
     p.add_argument("--kernel", help="linear | rbf (default)")
     p.add_argument("--gamma", type=float, help="rbf width (default 1 / (D * Var(features)))")

@@ -11,7 +11,7 @@ WRITE_MODES = ("raw", "jpg", "smart")  # rethink_dist.data.ffcv_writer.WRITE_MOD
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", metavar="DATASET", help="cifar10 | digits | imagenet | synthetic")
+    p.add_argument("dataset", metavar="DATASET", help="cifar10 | digits | fashion_mnist | imagenet | synthetic")
     p.add_argument("--data-root", help="folder with the raw files (cifar10: holds cifar-10-batches-py; "
                                        "imagenet: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write train.beton, test.beton, meta.json")
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality 1..100 (default 90)")
     p.add_argument("--write-mode", choices=WRITE_MODES,
                    help="raw pixels, jpg, or smart (JPEG for images over 256x256x3 bytes); "
-                        "default: raw for cifar10/digits/synthetic (exact pixels), smart for imagenet")
+                        "default: raw for cifar10/digits/fashion_mnist/synthetic (exact pixels), smart for imagenet")
     p.add_argument("--workers", type=int, metavar="N", help="writer processes (default: the CPU count, at most 8)")
 
 

@@ -16,6 +16,7 @@ HELP = "train one trial (one config) and optionally write its history as JSON"
 FLAG_KEYS = {
     "dataset": "data.name", "data_root": "data.root", "download": "data.download", "loader": "data.loader",
     "beton_dir": "data.beton_dir", "image_size": "data.image_size", "max_train": "data.max_train",
+    "channels": "data.channels",
     "corruption": "corruption.kind", "level": "corruption.level", "corruption_seed": "corruption.seed",
     "corrupt_test": "corruption.corrupt_test", "arch": "model.name",
     "lr": "optim.lr", "momentum": "optim.momentum", "lr_decay": "optim.lr_decay",
@@ -32,13 +33,16 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """The trial-config flags (shared by every command that builds one trial config)."""
     B = argparse.BooleanOptionalAction
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="digits (embedded, default) | cifar10 | synthetic | imagenet")
-    g.add_argument("--data-root", help="folder with the dataset's raw files (cifar10: holds cifar-10-batches-py)")
+    g.add_argument("--dataset", help="digits (embedded, default) | fashion_mnist | cifar10 | synthetic | imagenet")
+    g.add_argument("--data-root", help="folder with the dataset's raw files (cifar10: holds cifar-10-batches-py; "
+                                       "fashion_mnist: the four IDX files, default /usr/share/datasets/fashion-mnist)")
     g.add_argument("--download", action=B, default=None, help="download the raw files when missing (network)")
     g.add_argument("--loader", help="memory (default) | ffcv")
     g.add_argument("--beton-dir", help="folder with train.beton and test.beton (implies --loader ffcv)")
     g.add_argument("--image-size", type=int, help="model input side (default: the dataset's crop)")
     g.add_argument("--max-train", type=int, help="use only the first N training samples")
+    g.add_argument("--channels", type=int, help="model input channels; a gray channel is repeated "
+                                                "(default: the dataset's; fashion_mnist: 3, the paper's input)")
     g = p.add_argument_group("corruption")
     g.add_argument("--corruption", help="none | labels | shuffled_pixels | random_pixels | gaussian")
     g.add_argument("--level", type=float, help="label corruption probability p in [0, 1] (1 = random labels)")

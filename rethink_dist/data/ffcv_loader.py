@@ -66,6 +66,7 @@ class _Spec:
     corrupt_test: bool
     num_classes: int
     stats: tuple[np.ndarray, np.ndarray] | None
+    channels: int | None  # model input channels (a gray channel repeated); None: as stored
 
 
 class FFCVLoader:
@@ -105,7 +106,7 @@ class FFCVLoader:
             stats = (np.asarray(meta["channel_mean"], np.float64), np.asarray(meta["channel_std"], np.float64))
         self.spec = _Spec(cfg.data.name, fixed, meta.get("image_field", "rgb"), size, info.augment_pad,
                           cfg.reg.augment, cfg.corruption.kind, cfg.corruption.level, cfg.corruption.seed,
-                          cfg.corruption.corrupt_test, int(meta["num_classes"]), stats)
+                          cfg.corruption.corrupt_test, int(meta["num_classes"]), stats, cfg.resolved().data.channels)
         with keep_torch_threads(self.threads):
             if stats is not None and fixed and n_train < counts["train"]:
                 # The memory loader takes the stats of the training subset it uses: so do we.
@@ -215,7 +216,7 @@ class FFCVLoader:
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
         s = self.spec
         if s.fixed_size:
-            return preprocess(x, s.size, augment=augment, pad=s.pad, generator=generator)
+            return preprocess(x, s.size, augment=augment, pad=s.pad, generator=generator, channels=s.channels)
         return whiten(to_unit(x))
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

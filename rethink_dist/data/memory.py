@@ -55,9 +55,9 @@ class MemoryLoader:
     """Batches of (inputs, labels) drawn by index from device-resident tensors."""
 
     def __init__(self, arrays: CorruptedArrays, crop: int, augment: bool, pad: int, device: torch.device,
-                 eval_batch_size: int = 1024):
+                 eval_batch_size: int = 1024, channels: int | None = None):
         self.device = device
-        self.crop, self.augment, self.pad = crop, augment, pad
+        self.crop, self.augment, self.pad, self.channels = crop, augment, pad, channels
         self.eval_batch_size = eval_batch_size
         self.train_raw = _nchw(arrays.train_x, device)
         self.train_y = torch.from_numpy(arrays.train_y).to(device)
@@ -71,7 +71,7 @@ class MemoryLoader:
         self.input_shape = tuple(self.test_eval.shape[1:])
 
     def _prep_all(self, raw: torch.Tensor) -> torch.Tensor:
-        return torch.cat([preprocess(raw[i : i + 4096], self.crop) for i in range(0, len(raw), 4096)])
+        return torch.cat([preprocess(raw[i : i + 4096], self.crop, channels=self.channels) for i in range(0, len(raw), 4096)])
 
     @property
     def num_train(self) -> int:
@@ -86,7 +86,7 @@ class MemoryLoader:
             # instead of 0.21 ms.
             if self.augment:
                 x = preprocess(self.train_raw.index_select(0, idx), self.crop, augment=True, pad=self.pad,
-                               generator=generator)
+                               generator=generator, channels=self.channels)
             else:
                 x = self.train_eval.index_select(0, idx)
             yield x, self.train_y.index_select(0, idx)

@@ -49,9 +49,25 @@ def whiten(x: torch.Tensor) -> torch.Tensor:
     return ((flat - mean) / std).reshape(x.shape)
 
 
+def repeat_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """A one-channel (gray) batch with its channel repeated ``channels`` times (None: unchanged).
+
+    After whitening this equals whitening the repeated image: repeating a channel leaves an
+    image's mean and standard deviation as they are.
+    """
+    if channels is None or x.shape[1] == channels:
+        return x
+    if x.shape[1] != 1:
+        raise ValueError(f"cannot repeat {x.shape[1]} channels to {channels}; only a gray channel is repeated")
+    return x.expand(-1, channels, -1, -1).contiguous()
+
+
 def preprocess(x: torch.Tensor, size: int, augment: bool = False, pad: int = 0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """Raw images (uint8 or 0..255 float) -> whitened float32 model inputs of side ``size``."""
+               generator: torch.Generator | None = None, channels: int | None = None) -> torch.Tensor:
+    """Raw images (uint8 or 0..255 float) -> whitened float32 model inputs of side ``size``.
+
+    ``channels``: repeat a gray channel to this many (the model input); None keeps them.
+    """
     x = to_unit(x)
     x = random_crop(x, size, pad, generator) if augment else center_crop(x, size)
-    return whiten(x)
+    return repeat_channels(whiten(x), channels)
