@@ -273,4 +273,19 @@ def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
         "singular": sol.singular, "singular_detail": sol.detail, "solver": sol.solver, "rank": sol.rank,
         "dtype": p["dtype"], "device": str(device), "block_size": fitted.block,
         "gram_solve_seconds": fitted.gram_solve_seconds, "predict_seconds": predict_seconds,
+        **_peak_memory(device),
     }
+
+
+def _peak_memory(device) -> dict[str, float | None]:
+    """Measured peaks: this process's resident memory (its high-water mark, for the whole process
+    life) and, on CUDA, the most the caching allocator handed out."""
+    import resource
+    import sys
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"peak_rss_gib": rss_bytes / 2**30, "peak_gpu_gib": None if gpu is None else gpu / 2**30}
