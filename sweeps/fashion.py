@@ -12,7 +12,8 @@ Sections (RETHINK_FASHION_SECTIONS=a,b,... picks them, or all; default: figure1,
   Inception with and without BatchNorm x {true labels, random labels, shuffled pixels, random
   pixels, gaussian} and Inception at p = 0.2 ... 0.8, random crop off, no weight decay.
 - paper_schedule (when asked): MLP 1x512 on random labels with the paper's own decay, 0.95 per
-  50,000 images (0.95 ** 1.2 per epoch of 60,000), to show where it stalls.
+  50,000 images (0.95 ** 1.2 per epoch of 60,000), 60 epochs, to show where it stalls
+  (docs/results/fashion_mnist_paper_schedule.sh runs the same trial with rethink-dist train).
 
 The protocol ([open] choices, README "The choices on Fashion-MNIST"; all logged with every run):
 SGD momentum 0.9, batch 128, lr 0.01 (MLPs, AlexNet) / 0.1 (Inception) multiplied by 0.99 after
@@ -25,10 +26,13 @@ the same pixel) at 3x the cost of the first layer; the conv nets get the paper's
 Run:      python sweeps/fashion.py --storage results     (or: rethink-dist sweep sweeps/fashion.py)
           RETHINK_FASHION_SECTIONS=convnets python sweeps/fashion.py --gpus-per-trial 0.25
 Expected: the default sections are 13 trials. Measured on the 2-core development VM (2026-12-02,
-          one thread per trial, two trials at a time): an MLP 1x512 epoch over 60,000 images is
-          about 3.9 s (training 2.9 s, evaluating both splits 1.0 s), MLP 3x512 about 7.5 s; small
-          AlexNet and Inception are about 100x that per epoch on the CPU (use a GPU). The whole
-          default sweep's wall time is in docs/results/fashion-mnist.md.
+          one thread per trial, two trials at a time): an MLP 1x512 epoch over 60,000 images takes
+          about 3.9 s (training 2.9 s, evaluating both splits 1.0 s), MLP 3x512 about 7.5 s; the
+          per-epoch seconds of every trial are in the Parquet table (train_seconds, eval_seconds),
+          and the whole default sweep's wall time is in docs/results/fashion-mnist.md. The conv
+          nets on the CPU: bench/train.py measured whole-epoch throughputs of 477 (small AlexNet)
+          and 43 (small Inception) images/s on these 2 cores (docs/speed.md), so one 60,000-image
+          epoch is about 2 and 23 minutes, a 200-epoch trial 7 and 78 hours: run them on a GPU.
 Smoke:    python sweeps/fashion.py --smoke                (4 tiny trials)
 """
 
@@ -47,18 +51,19 @@ FIT_THRESHOLD = 0.99
 LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)
 PIXEL_KINDS = ("shuffled_pixels", "random_pixels", "gaussian")
 PAPER_DECAY = 0.95 ** (60000 / 50000)  # the paper's 0.95 per 50,000 images, per epoch of 60,000
+PAPER_EPOCHS = 60  # the lr is then 2.5% of its start: the curve has flattened
 GPU = {"cpus": 1.0, "gpus": 0.25}
 
 
 def trial(arch, corruption="none", level=0.0, weight_decay=0.0, batch_norm=True, channels=None, seed=0,
-          lr_decay=LR_DECAY, resources=None, data_root=None):
+          lr_decay=LR_DECAY, epochs=MAX_EPOCHS, resources=None, data_root=None):
     if channels is None:
         channels = 1 if arch.startswith("mlp") else 3
     return TrialConfig.from_dict({
         "data": {"name": "fashion_mnist", "root": data_root, "channels": channels},
         "corruption": {"kind": corruption, "level": level, "seed": seed},
         "model": {"name": arch},
-        "optim": {"lr_decay": lr_decay, "epochs": MAX_EPOCHS},
+        "optim": {"lr_decay": lr_decay, "epochs": epochs},
         "reg": {"weight_decay": weight_decay, "batch_norm": batch_norm},
         "stop": {"stop_when_fitted": True, "fit_threshold": FIT_THRESHOLD},
         "resources": resources or {"cpus": 1.0},
@@ -111,7 +116,7 @@ def trials(data_root=None):
         if "mlp3_pixels" in chosen:
             grid += [trial("mlp_3x512", kind, **kw) for kind in PIXEL_KINDS]
         if "paper_schedule" in chosen:
-            grid.append(trial("mlp_1x512", "labels", 1.0, lr_decay=PAPER_DECAY, **kw))
+            grid.append(trial("mlp_1x512", "labels", 1.0, lr_decay=PAPER_DECAY, epochs=PAPER_EPOCHS, **kw))
         if "convnets" in chosen:
             for arch, bn in (("inception_small", True), ("inception_small", False), ("alexnet_small", True)):
                 gkw = {**kw, "batch_norm": bn, "resources": GPU}

@@ -89,3 +89,47 @@ def test_full_paper_adds_imagenet_when_its_betons_exist(tmp_path, monkeypatch):
     # Table 2's four rows on true labels; random labels without and with every regularizer
     assert settings == {(True, True, True, 0.0): 1, (True, False, False, 0.0): 1, (False, False, True, 0.0): 1,
                         (False, False, False, 0.0): 1, (False, False, False, 1.0): 1, (True, True, True, 1.0): 1}
+
+
+def test_fashion_sweep_grid(monkeypatch):
+    """Figures 1a-1c for MLP 1x512 and Table 1's MLP rows by default; the other sections when asked."""
+    monkeypatch.delenv("RETHINK_FASHION_SECTIONS", raising=False)
+    sweep = load_sweep(REPO / "sweeps" / "fashion.py")
+    cells = _cells(sweep)
+    assert sweep.name == "fashion" and len(cells) == len(set(cells)) == 13
+    assert {t.config["data"]["name"] for t in sweep.trials} == {"fashion_mnist"}
+    assert {t.config["data"]["channels"] for t in sweep.trials} == {1}  # the MLPs see the 784 gray pixels
+    assert {(t.config["optim"]["lr_decay"], t.config["optim"]["epochs"], t.config["stop"]["fit_threshold"])
+            for t in sweep.trials} == {(0.99, 200, 0.99)}
+    assert all(c[-1] for c in cells)  # every trial stops once fitted
+    mlp1 = sorted((kind, level) for a, _, _, wd, _, kind, level, _ in cells if a == "mlp_1x512" and wd == 0)
+    assert mlp1 == sorted([("none", 0.0), ("labels", 0.2), ("labels", 0.4), ("labels", 0.6), ("labels", 0.8),
+                           ("labels", 1.0), ("shuffled_pixels", 0.0), ("random_pixels", 0.0), ("gaussian", 0.0)])
+    s = set(cells)
+    for arch in ("mlp_1x512", "mlp_3x512"):  # Table 1: weight decay on and off, random labels without
+        for wd in (0.0, paper_weight_decay(arch)):
+            assert (arch, True, False, wd, 0.0, "none", 0.0, True) in s
+        assert (arch, True, False, 0.0, 0.0, "labels", 1.0, True) in s
+    # The longest trials first: random labels lead.
+    assert [c[5:7] for c in cells[:2]] == [("labels", 1.0), ("labels", 1.0)]
+
+    monkeypatch.setenv("RETHINK_FASHION_SECTIONS", "mlp3_levels,convnets")
+    more = load_sweep(REPO / "sweeps" / "fashion.py")
+    cells = _cells(more)
+    assert sorted(c[6] for c in cells if c[0] == "mlp_3x512") == [0.2, 0.4, 0.6, 0.8]
+    conv = [t.config for t in more.trials if not t.config["model"]["name"].startswith("mlp")]
+    assert conv and all(c["data"]["channels"] == 3 and c["resources"]["gpus"] == 0.25 for c in conv)
+    assert {(c["model"]["name"], c["reg"]["batch_norm"]) for c in conv} == {
+        ("inception_small", True), ("inception_small", False), ("alexnet_small", True)}
+    monkeypatch.setenv("RETHINK_FASHION_SECTIONS", "all")
+    assert len(load_sweep(REPO / "sweeps" / "fashion.py").trials) == 13 + 4 + 3 + 19 + 1
+
+
+def test_fashion_sweep_unknown_section_is_one_line(monkeypatch, capsys):
+    from rethink_dist.cli import main
+
+    monkeypatch.setenv("RETHINK_FASHION_SECTIONS", "figure1,tabel1")
+    code = main(["sweep", str(REPO / "sweeps" / "fashion.py"), "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "unknown section 'tabel1'" in err and "valid: all, figure1, table1" in err

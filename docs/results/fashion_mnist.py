@@ -1,0 +1,294 @@
+"""Write docs/results/fashion-mnist.md and its figures from the real runs; nothing in it is typed.
+
+    .venv/bin/python docs/results/fashion_mnist.py
+
+reads what these commands wrote (run them first, in this order, on one machine):
+
+    .venv/bin/python sweeps/fashion.py --storage results/fashion-mnist        # the sweep
+    bash docs/results/fashion_mnist_kernel.sh                                  # the n = 60,000 kernel solves
+    bash docs/results/fashion_mnist_paper_schedule.sh                          # the paper's own schedule
+
+The sweep's report (``rethink-dist report``) is built into results/fashion-mnist/report and its
+figures copied beside this file; the paper's CIFAR-10 numbers come from rethink_dist.report.paper,
+the data set's published MLP reference from the Debian package's own README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DOC = HERE / "fashion-mnist.md"
+FIGS = HERE / "fashion-mnist"
+DEBIAN_README = Path("/usr/share/doc/dataset-fashion-mnist/README.md.gz")
+REFERENCE_ROWS = ("MLP 256-128-100", "Human Performance")
+
+
+def pct(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def num(v, fmt="{:,.0f}") -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def references() -> dict[str, float]:
+    """Test accuracies (fractions) of the reference rows of the package README's benchmark table."""
+    out = {}
+    if not DEBIAN_README.is_file():
+        return out
+    for line in gzip.open(DEBIAN_README, "rt", encoding="utf-8"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0] in REFERENCE_ROWS and re.fullmatch(r"0\.\d+", cells[2]):
+            out[cells[0]] = float(cells[2])
+    return out
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 2**20
+    except (OSError, StopIteration):
+        mem = float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, no GPU, {platform.system()} {platform.release()}"
+
+
+def sweep_times(results) -> tuple[str, str, float | None]:
+    """Start, end (UTC) and wall minutes of the sweep's MLflow parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from rethink_dist.report.load import find_parent_run
+
+    if not results.tracking_uri:
+        return "—", "—", None
+    run_id = find_parent_run(results.tracking_uri, results.experiment)
+    if run_id is None:
+        return "—", "—", None
+    info = MlflowClient(results.tracking_uri).get_run(run_id).info
+    fmt = lambda ms: datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: E731
+    end = info.end_time
+    return fmt(info.start_time), (fmt(end) if end else "still running"), ((end - info.start_time) / 60000 if end else None)
+
+
+def curves_figure(results, out: Path) -> None:
+    """Training accuracy against epochs for every trial, one panel per architecture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = results.rows.sort_values(["trial_id", "epoch"])
+    archs = sorted(set(c["arch"]))
+    fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.2), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        g = c[c["arch"] == arch]
+        for _, t in g.groupby("trial_id"):
+            label = t["corruption"].iloc[0] + (" + wd" if t["wd"].iloc[0] else "")
+            ax.plot(t["epoch"], t["train_acc"], label=label, lw=1.2)
+        ax.axhline(0.99, color="grey", ls=":", lw=0.8)
+        ax.set(title=f"{arch} on Fashion-MNIST (n = 60,000)", xlabel="epoch", ylabel="training accuracy", ylim=(0, 1.01))
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sweep", default=str(REPO / "results/fashion-mnist/fashion"))
+    ap.add_argument("--kernel", default=str(REPO / "results/kernel"))
+    ap.add_argument("--paper-schedule", default=str(REPO / "results/paper-schedule.json"))
+    args = ap.parse_args(argv)
+
+    from rethink_dist.report.load import load_folder
+    from rethink_dist.report.paper import TABLE1
+    from rethink_dist.report.render import build_report
+
+    results = load_folder(args.sweep)
+    report = build_report(results, Path(args.sweep).parent / "report")
+    FIGS.mkdir(parents=True, exist_ok=True)
+    for f in report.figures:
+        if f.png and f.id.endswith("fashion_mnist") and not f.id.startswith("fig2"):
+            (FIGS / f"{f.id.split('-')[0]}.png").write_bytes(f.png)
+    curves_figure(results, FIGS / "train_acc.png")
+
+    finals = results.finals()
+    refs = references()
+    paper = {(p.arch, p.weight_decay, p.random_labels): p for p in TABLE1 if not p.random_crop}
+    start, end, minutes = sweep_times(results)
+    unfinished = results.unfinished()
+
+    L = []
+    w = L.append
+    w("# Fashion-MNIST: the randomization tests at the paper's scale, measured")
+    w("")
+    w("Generated by `.venv/bin/python docs/results/fashion_mnist.py` from the runs of:")
+    w("")
+    w("```bash")
+    w(".venv/bin/python sweeps/fashion.py --storage results/fashion-mnist")
+    w("bash docs/results/fashion_mnist_kernel.sh")
+    w("bash docs/results/fashion_mnist_paper_schedule.sh")
+    w("```")
+    w("")
+    w(f"- Sweep: `{results.sweep}`, {finals['trial_id'].nunique()} finished of {len(results.planned)} planned trials, "
+      f"{len(results.rows)} epoch rows; started {start}, ended {end}; wall time of the whole sweep "
+      f"{num(minutes, '{:.1f}')} minutes (its MLflow parent run).")
+    w(f"- Machine: {machine()}; two trials at a time, one thread each.")
+    w(f"- Document generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.")
+    w("- Protocol: sweeps/fashion.py's docstring and the README's [open] choices: SGD momentum 0.9, batch 128, "
+      "lr 0.01 × 0.99 per epoch, at most 200 epochs, stopped at 99% training accuracy, MLPs on the 784 gray "
+      "pixels, per-image whitening, no augmentation.")
+    if unfinished:
+        w(f"- Unfinished trials: {', '.join(u['run_name'] for u in unfinished)}.")
+    w("")
+
+    # ------------------------------------------------------------------ Table 1
+    w("## Table 1: the MLP rows")
+    w("")
+    w("Accuracy at the trial's last epoch (the epoch it reached 99% training accuracy, or the 200th). "
+      "Paper: CIFAR-10, the same architecture and regularizer. Reference: the best published MLP in the "
+      "Fashion-MNIST README's benchmark table, and its human performance row.")
+    w("")
+    w("| model | weight decay | labels | epochs | train % | test % | paper CIFAR-10 train % | paper CIFAR-10 test % | "
+      "Fashion-MNIST reference test % |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    t1 = finals[finals["corruption"].isin(["true labels", "random labels"]) & ~finals["aug"]]
+    for _, r in t1.sort_values(["arch", "corruption", "wd"], ascending=[False, False, True]).iterrows():
+        rl = r["corruption"] == "random labels"
+        p = paper.get((r["arch"], bool(r["wd"]), rl))
+        ref = "; ".join(f"{k} {100 * v:.2f}" for k, v in refs.items()) if not rl and refs else "—"
+        w(f"| {r['arch']} | {'yes' if r['wd'] else 'no'} | {'random' if rl else 'true'} | {int(r['epoch'])} | "
+          f"{pct(r['train_acc'])} | {pct(r['test_acc'])} | {p.train if p else '—'} | {p.test if p else '—'} | {ref} |")
+    w("")
+
+    # ------------------------------------------------------------------ Figure 1 table
+    w("## Figures 1a–1c: every corruption, stopped once fitted")
+    w("")
+    w("Steps to fit: the step count at the end of the first epoch with ≥ 99% training accuracy "
+      "(— when the trial hit the epoch cap first); relative: divided by the same architecture's true-label "
+      "value (Figure 1b). Test error at the last epoch (Figure 1c).")
+    w("")
+    w("| model | corruption | epochs | steps to fit | relative time to fit | train % | train % clean / corrupted "
+      "samples | test % | test error | paper CIFAR-10 test % |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    fig1 = finals[~finals["regularized"]].copy()
+    order = {"true labels": 0, "shuffled pixels": 2, "random pixels": 3, "gaussian": 4, "random labels": 1.99}
+    fig1["order"] = [order.get(c, 1 + lv) for c, lv in zip(fig1["corruption"], fig1["corruption.level"])]
+    for arch, g in fig1.sort_values(["arch", "order"], ascending=[False, True]).groupby("arch", sort=False):
+        ref = g.loc[g["corruption"] == "true labels", "steps_to_fit"]
+        ref = float(ref.iloc[0]) if len(ref) and not math.isnan(ref.iloc[0]) else None
+        for _, r in g.iterrows():
+            rel = r["steps_to_fit"] / ref if ref and not math.isnan(r["steps_to_fit"]) else None
+            rl = r["corruption"] in ("true labels", "random labels")
+            p = paper.get((r["arch"], False, r["corruption"] == "random labels")) if rl else None
+            split = (f"{pct(r.get('train_acc_clean'))} / {pct(r.get('train_acc_corrupted'))}"
+                     if r["corruption.kind"] == "labels" else "—")
+            w(f"| {arch} | {r['corruption']} | {int(r['epoch'])} | {num(r['steps_to_fit'])} | {num(rel, '{:.2f}')} | "
+              f"{pct(r['train_acc'])} | {split} | {pct(r['test_acc'])} | {pct(1 - r['test_acc'])} | "
+              f"{p.test if p else '—'} |")
+    w("")
+    for name, title in (("fig1a", "Figure 1a: training loss"), ("fig1b", "Figure 1b: time to fit"),
+                        ("fig1c", "Figure 1c: test error"), ("memorization", "Clean and corrupted samples"),
+                        ("train_acc", "Training accuracy of every trial")):
+        if (FIGS / f"{name}.png").exists():
+            w(f"![{title}](fashion-mnist/{name}.png)")
+            w("")
+
+    # ------------------------------------------------------------------ checks
+    w("## The acceptance checks, computed")
+    w("")
+
+    def one(arch, corruption, wd=False):
+        g = finals[(finals["arch"] == arch) & (finals["corruption"] == corruption) & (finals["wd"] == wd) & ~finals["aug"]]
+        return g.iloc[0] if len(g) else None
+
+    checks = []
+    t = one("MLP 1x512", "true labels")
+    if t is not None:
+        checks.append((f"MLP 1x512, true labels: test accuracy {pct(t['test_acc'])}% ≥ 87%", t["test_acc"] >= 0.87))
+    for arch in ("MLP 1x512", "MLP 3x512"):
+        r = one(arch, "random labels")
+        if r is not None:
+            checks.append((f"{arch}, random labels: training accuracy {pct(r['train_acc'])}% ≥ 99% "
+                           f"(after {int(r['epoch'])} epochs)", r["train_acc"] >= 0.99))
+            checks.append((f"{arch}, random labels: test accuracy {pct(r['test_acc'])}% within 10 ± 2%",
+                           abs(r["test_acc"] - 0.10) <= 0.02))
+    s = one("MLP 1x512", "shuffled pixels")
+    if s is not None and t is not None:
+        d = 100 * (s["test_acc"] - t["test_acc"])
+        checks.append((f"MLP 1x512, shuffled pixels vs true labels: test accuracy {pct(s['test_acc'])}% vs "
+                       f"{pct(t['test_acc'])}%, difference {d:+.2f} points, within 1", abs(d) <= 1.0))
+    for text, ok in checks:
+        w(f"- {'met' if ok else '**not met**'}: {text}")
+    w("")
+
+    # ------------------------------------------------------------------ the paper's schedule
+    ps = Path(args.paper_schedule)
+    w("## The paper's own schedule on random labels")
+    w("")
+    if ps.is_file():
+        res = json.loads(ps.read_text())
+        h = res["history"]
+        cfg = res["config"]
+        best = max(h, key=lambda e: e["train_acc"])
+        w(f"MLP 1x512, random labels, lr {cfg['optim']['lr']:g} × {cfg['optim']['lr_decay']:.4f} per epoch "
+          f"(the paper's 0.95 per 50,000 images), {len(h)} epochs: training accuracy {pct(h[-1]['train_acc'])}% at "
+          f"the end (best {pct(best['train_acc'])}% at epoch {best['epoch']}), the lr down to {h[-1]['lr']:.2g}. "
+          "Per 10 epochs:")
+        w("")
+        w("| epoch | " + " | ".join(str(e["epoch"]) for e in h[9::10]) + " |")
+        w("|---|" + "---|" * len(h[9::10]))
+        w("| train % | " + " | ".join(pct(e["train_acc"]) for e in h[9::10]) + " |")
+        w("| lr | " + " | ".join(f"{e['lr']:.2g}" for e in h[9::10]) + " |")
+    else:
+        w(f"(not run: {ps} is missing)")
+    w("")
+
+    # ------------------------------------------------------------------ kernels
+    w("## Minimum-norm kernel interpolation at n = 60,000 (section 5)")
+    w("")
+    w("Raw pixels / 255 (784 values), float32, CPU, `rethink-dist kernel --dataset fashion_mnist --dtype float32` "
+      "(docs/results/fashion_mnist_kernel.sh). Peak memory: the process's measured peak resident set "
+      "(getrusage; `/usr/bin/time -v` agrees, in the .err files).")
+    w("")
+    w("| kernel | labels | n | solver | train error % | test error % | norm | seconds (Gram + solve) | seconds (all) | "
+      "peak memory GiB | note |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    kdir = Path(args.kernel)
+    for name in ("rbf-true", "rbf-random", "linear-true", "linear-random", "rbf-true-ridge", "rbf-random-ridge"):
+        f = kdir / f"{name}.json"
+        if not f.is_file():
+            err = kdir / f"{name}.out"
+            if err.is_file() or (kdir / f"{name}.err").is_file():
+                last = [l for l in (kdir / f"{name}.err").read_text().splitlines() if l.startswith("rethink-dist")]
+                w(f"| {name} | | | failed | | | | | | | {last[0] if last else 'see ' + str(kdir / (name + '.err'))} |")
+            continue
+        k = json.loads(f.read_text())
+        labels = "random" if k["corruption"] == "labels" and k["level"] == 1 else "true"
+        note = (k["singular_detail"] or "") + (f" ridge {k['ridge']:g}" if k.get("ridge") else "")
+        w(f"| {k['kernel']} | {labels} | {k['n_train']:,} | {k['solver']} | {pct(k['train_error'])} | "
+          f"{pct(k['test_error'])} | {k['norm']:.1f} | {k['gram_solve_seconds']:.0f} | {k['seconds']:.0f} | "
+          f"{k['peak_rss_gib']:.1f} | {note} |")
+    w("")
+    DOC.write_text("\n".join(L) + "\n")
+    print(f"wrote {DOC} and {FIGS}/", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
