@@ -123,3 +123,26 @@ def test_cli_and_one_line_errors(tmp_path, capsys):
     assert not bad.exists()
     with pytest.raises(ConfigError, match="unknown kernel option"):
         run_kernel({"lambda": 1.0})
+
+
+def test_also_levels_equal_separate_solves():
+    """Label corruption changes Y, not K: one factorization answers every level as separate solves do."""
+    from rethink_dist.config import ConfigError
+    from rethink_dist.theory import run_kernel
+
+    base = {"dataset": "digits", "kernel": "rbf", "max_train": 600, "dtype": "float64"}
+    both = run_kernel({**base, "also_levels": [1.0, 0.5]})
+    assert [a["level"] for a in both["also_levels"]] == [1.0, 0.5]
+    assert both["also_levels"] and run_kernel(base)["also_levels"] == []
+    for extra in both["also_levels"]:
+        alone = run_kernel({**base, "corruption": "labels", "level": extra["level"]})
+        assert extra["train_error"] == alone["train_error"] == 0.0
+        assert extra["test_error"] == alone["test_error"]
+        assert extra["labels_changed"] == alone["labels_changed"]
+        assert abs(extra["norm"] - alone["norm"]) <= 1e-8 * alone["norm"]
+    assert both["also_levels"][0]["norm"] > both["norm"]  # random labels need a larger norm
+    for bad, needle in (([1.5], "also_levels=\\[1.5\\]"), ([], "also_levels=\\[\\]")):
+        with pytest.raises(ConfigError, match=needle):
+            run_kernel({**base, "also_levels": bad})
+    with pytest.raises(ConfigError, match="pixel corruption changes K"):
+        run_kernel({**base, "corruption": "random_pixels", "also_levels": [1.0]})

@@ -9,7 +9,14 @@ NAME = "kernel"
 HELP = "solve K alpha = Y exactly (minimum-norm interpolant, paper section 5); train/test error and norm"
 
 FLAGS = ("dataset", "data_root", "kernel", "gamma", "features", "num_filters", "filter_size", "pool", "ridge",
-         "max_train", "corruption", "level", "corruption_seed", "dtype", "device", "memory_gb", "block_size", "seed")
+         "max_train", "corruption", "level", "corruption_seed", "also_levels", "dtype", "device", "memory_gb", "block_size", "seed")
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of levels in [0, 1]") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corruption", help="none | labels | shuffled_pixels | random_pixels | gaussian")
     p.add_argument("--level", type=float, help="label corruption probability p in [0, 1]")
     p.add_argument("--corruption-seed", type=int, help="seed of the corruption (default 0)")
+    p.add_argument("--also-levels", type=_levels, metavar="P[,P...]",
+                   help="more label-corruption levels solved with the same factorization of K, e.g. 1.0 "
+                        "(random labels too, at the cost of one solve); results under also_levels")
     p.add_argument("--dtype", help="float32 | float64 (default)")
     p.add_argument("--device", help="auto (default) | cpu | cuda")
     p.add_argument("--memory-gb", type=float, help="memory budget for K, features and blocks (default 80%% of free)")

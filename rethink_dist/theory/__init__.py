@@ -39,6 +39,9 @@ KERNEL_DEFAULTS: dict[str, Any] = {
     "corruption": "none",  # the randomization tests' corruptions (rethink_dist.corruption)
     "level": 0.0,  # label-corruption probability (corruption=labels)
     "corruption_seed": 0,
+    # More label-corruption levels solved with the same factorization of K (labels change Y, not K):
+    # each adds a result under "also_levels" (train/test error, norm). Needs corruption none or labels.
+    "also_levels": None,
     "dtype": "float64",  # float32 | float64
     "device": "auto",  # auto (cuda when present) | cpu | cuda
     "memory_gb": None,  # budget for K, features and blocks; None: 80% of the free memory
@@ -203,6 +206,15 @@ def validate_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
         _int(p, key, lo)
     _int(p, "seed", 0, optional=False)
     _int(p, "corruption_seed", 0, optional=False)
+    levels = p["also_levels"]
+    if levels is not None:
+        if not isinstance(levels, (list, tuple)) or not levels or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in levels):
+            raise _config_error(f"also_levels={levels!r} is not valid; valid: a list of label-corruption levels in [0, 1]")
+        if p["corruption"] not in ("none", "labels"):
+            raise _config_error(f"also_levels needs corruption 'none' or 'labels' (a pixel corruption changes K), "
+                                f"not {p['corruption']!r}")
+        p["also_levels"] = [float(v) for v in levels]
     if p["gamma"] is not None and p["kernel"] != "rbf":
         raise _config_error(f"gamma={p['gamma']} only applies to kernel='rbf', not {p['kernel']!r}")
     _dataset_config(p, _corruption(p))
@@ -247,6 +259,14 @@ def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
         except ValueError as e:
             raise _config_error(str(e)) from None
     Y = torch.nn.functional.one_hot(torch.from_numpy(train_y), ds.num_classes).to(device, dtype)
+    extra = []  # (level, training labels, changed fraction) solved with the same factorization
+    for lv in p["also_levels"] or ():
+        more = corrupt_dataset(ds, cfg.replace(**{"corruption.kind": "labels" if lv > 0 else "none",
+                                                  "corruption.level": lv}).corruption)
+        extra.append((lv, more.train_y[:n], float(np.mean(more.changed[:n]))))
+    if extra:
+        Y = torch.cat([Y] + [torch.nn.functional.one_hot(torch.from_numpy(y), ds.num_classes).to(device, dtype)
+                             for _, y, _ in extra], dim=1)
     budget = p["memory_gb"] * 2**30 if p["memory_gb"] is not None else None
     try:
         fitted = kn.interpolate(F_tr, Y, kernel=p["kernel"], gamma=p["gamma"], ridge=p["ridge"], budget_bytes=budget,
@@ -256,20 +276,30 @@ def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
     t1 = time.perf_counter()
     test_pred = kn.predict(F_te, F_tr, fitted.alpha, p["kernel"], fitted.gamma, fitted.block)
     predict_seconds = fitted.predict_seconds + time.perf_counter() - t1
-    train_labels = torch.from_numpy(train_y).to(device)
+    k = ds.num_classes
     test_labels = torch.from_numpy(arrays.test_y).to(device)
-    train_error = float((fitted.train_pred.argmax(1) != train_labels).double().mean())
-    test_error = float((test_pred.argmax(1) != test_labels).double().mean())
+
+    def block(j: int, labels: np.ndarray) -> dict[str, float]:
+        """Errors, norm and fit residual of the j-th label set's k columns."""
+        cols = slice(j * k, (j + 1) * k)
+        a, pred, target = fitted.alpha[:, cols], fitted.train_pred[:, cols], Y[:, cols]
+        return {"train_error": float((pred.argmax(1) != torch.from_numpy(labels).to(device)).double().mean()),
+                "test_error": float((test_pred[:, cols].argmax(1) != test_labels).double().mean()),
+                "norm": math.sqrt(max(0.0, float((a * pred).sum()))),
+                "max_fit_residual": float((pred - (target - p["ridge"] * a)).abs().max())}
+
+    main = block(0, train_y)
+    also = [{"level": lv, "labels_changed": changed, **block(j, y)} for j, (lv, y, changed) in enumerate(extra, 1)]
     sol = fitted.solution
     return {
-        "n_train": n, "n_test": len(arrays.test_y), "train_error": train_error, "test_error": test_error,
-        "norm": fitted.norm, "seconds": time.perf_counter() - t0,
+        "n_train": n, "n_test": len(arrays.test_y), "train_error": main["train_error"],
+        "test_error": main["test_error"], "norm": main["norm"], "seconds": time.perf_counter() - t0,
         "kind": "kernel", "dataset": p["dataset"], "kernel": p["kernel"], "gamma": fitted.gamma if p["kernel"] == "rbf" else None,
         "features": p["features"], "feature_dim": int(F_tr.shape[1]),
         "num_filters": p["num_filters"] if p["features"] == "random_conv" else None,
         "ridge": p["ridge"], "corruption": p["corruption"], "level": p["level"],
         "labels_changed": float(np.mean(arrays.changed[:n])),
-        "max_fit_residual": float((fitted.train_pred - (Y - p["ridge"] * fitted.alpha)).abs().max()),
+        "max_fit_residual": main["max_fit_residual"], "also_levels": also,
         "singular": sol.singular, "singular_detail": sol.detail, "solver": sol.solver, "rank": sol.rank,
         "dtype": p["dtype"], "device": str(device), "block_size": fitted.block,
         "gram_solve_seconds": fitted.gram_solve_seconds, "predict_seconds": predict_seconds,

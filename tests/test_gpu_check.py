@@ -1,0 +1,47 @@
+"""bench/gpu_check.py --smoke: the GPU check runs on the CPU, so it cannot rot while no GPU is lent."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _numbers(obj, path=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+    elif obj is None:
+        yield path, None
+
+
+def test_gpu_check_smoke_writes_every_section_with_finite_numbers(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    code = ("import sys, runpy; sys.modules['ray'] = sys.modules['mlflow'] = sys.modules['ffcv'] = None; "
+            f"sys.argv = ['gpu_check.py', '--smoke', '--device', 'cpu', '--budget-s', '900', '--out', {str(out)!r}]; "
+            f"runpy.run_path({str(REPO / 'bench' / 'gpu_check.py')!r}, run_name='__main__')")
+    # Ray, MLflow and FFCV made unimportable: the check must not need them (the GPU machine has none).
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == d  # printed too
+    assert d["mode"] == "smoke" and d["env"]["device"] == "cpu"
+    for section in ("ceiling", "archs", "sharing", "inception_v3", "kernel", "phenomenon"):
+        assert "error" not in d[section] and "skipped" not in d[section], (section, d[section])
+    for arch in ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small"):
+        for precision in ("fp32", "bf16"):
+            row = d["archs"][arch][precision]
+            assert row["images_per_s"] > 0 and row["eval_seconds"] > 0 and row["of_bf16_ceiling"] > 0
+    assert set(d["sharing"]) >= {"procs_1", "procs_2"} and d["sharing"]["procs_1"]["speedup_vs_one"] == 1.0
+    assert d["inception_v3"]["batch_2"]["images_per_s"] > 0
+    assert d["kernel"]["solver"] == "cholesky" and d["kernel"]["train_error"] == 0.0
+    assert d["phenomenon"]["fitted"] and d["phenomenon"]["steps_to_fit"] > 0
+    bad = [(p, v) for p, v in _numbers(d) if v is None or not math.isfinite(v)]
+    assert not bad, bad
