@@ -47,7 +47,7 @@ ARCHS = ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small")
 FULL = {"n_train": 50_000, "n_test": 10_000, "matmul": 8192, "share_procs": (1, 2, 4, 8), "share_train": 10_000,
         "share_seconds": 12.0, "v3_batches": (32, 64, 128), "v3_size": 299, "v3_steps": 10, "kernel_n": 50_000,
         "kernel_d": 3072, "fit_seconds": 90.0, "archs": ARCHS, "warmup_epochs": 1, "v3_warmup": 2}
-SMOKE = {"n_train": 32, "n_test": 16, "matmul": 256, "share_procs": (1, 2), "share_train": 32,
+SMOKE = {"n_train": 8, "n_test": 8, "matmul": 256, "share_procs": (1, 2), "share_train": 8,
          "share_seconds": 1.0, "v3_batches": (2,), "v3_size": 75, "v3_steps": 1, "kernel_n": 300,
          "kernel_d": 48, "fit_seconds": 10.0, "archs": ARCHS, "warmup_epochs": 0, "v3_warmup": 0}
 
@@ -235,7 +235,7 @@ def _share_worker(args: argparse.Namespace) -> int:
     """One process of the sharing test: a small trial's epochs for a fixed time; prints its images/s."""
     device = _device(args.device)
     sizes = SMOKE if args.smoke else FULL
-    trial = make_trial(cifar_like(sizes["share_train"], max(32, sizes["share_train"] // 10), seed=os.getpid()),
+    trial = make_trial(cifar_like(sizes["share_train"], max(8, sizes["share_train"] // 10), seed=os.getpid()),
                        "mlp_1x512", device, "auto")
     trial.run_epoch()  # warm-up
     print("READY", flush=True)

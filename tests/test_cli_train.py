@@ -42,8 +42,10 @@ def test_mlp_generalizes_on_true_labels(tmp_path):
 
 
 def test_alexnet_fits_random_labels(tmp_path):
+    # A third of digits' training set: the same phenomenon, a fraction of the suite's time (on all
+    # 1,437 samples this test was most of the suite's 20 minutes; the demo's sweep fits all of them).
     r = train_json(tmp_path, "--arch", "alexnet_small", "--corruption", "labels", "--level", "1.0",
-                   "--stop-when-fitted")
+                   "--stop-when-fitted", "--max-train", "480")
     assert r["summary"]["train_acc"] >= 0.99 and r["summary"]["fitted"]
     assert abs(r["summary"]["test_acc"] - 0.1) <= 0.05
 

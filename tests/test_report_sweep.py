@@ -103,3 +103,35 @@ def test_report_from_the_sweeps_mlflow_store_agrees(smoke, tmp_path, capsys):
     assert from_mlflow["tables"] == from_folder["tables"]
     assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"]} == \
         {f["id"]: sorted(f["series"]) for f in from_folder["figures"]}
+
+
+def test_results_doc_generator_on_a_real_smoke_sweep(smoke, tmp_path):
+    """docs/results/fashion_mnist.py writes its document from a sweep's folder and kernel results:
+    every trial's numbers come from the sweep (here the digits smoke sweep), none typed."""
+    from rethink_dist.theory import run_kernel
+
+    kdir = tmp_path / "kernel"
+    kdir.mkdir()
+    k = run_kernel({"dataset": "digits", "kernel": "rbf", "max_train": 300, "dtype": "float32"})
+    (kdir / "rbf-true.json").write_text(json.dumps(k))
+    doc, figs = tmp_path / "doc" / "results.md", tmp_path / "doc" / "results-figs"
+    proc = subprocess.run([sys.executable, str(REPO / "docs" / "results" / "fashion_mnist.py"), "--sweep", str(smoke),
+                           "--kernel", str(kdir), "--paper-schedule", str(tmp_path / "none.json"), "--doc", str(doc),
+                           "--figs", str(figs)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = doc.read_text()
+    assert text.startswith("# Fashion-MNIST") and "python docs/results/fashion_mnist.py" in text
+    assert "wall time of the whole sweep" in text and "minutes" in text
+    rows = pd.read_parquet(smoke / "trials.parquet")
+    last = rows[rows["finished"]].sort_values("epoch").groupby("trial_id").tail(1)
+    assert len(last) > 0
+    for _, r in last.iterrows():
+        assert f"| {100 * r['test_acc']:.2f} |" in text, r["run_name"]
+    assert f"| {100 * k['test_error']:.2f} |" in text and f"{k['norm']:.1f}" in text
+    assert "not run:" in text  # no paper-schedule run given: said, not invented
+    import re
+
+    shown = re.findall(r"\]\(results-figs/([a-z0-9_]+)\.png\)", text)
+    assert "train_acc" in shown
+    for name in shown:
+        assert (figs / f"{name}.png").stat().st_size > 1000, name

@@ -101,11 +101,27 @@ def curves_figure(results, out: Path) -> None:
             label = t["corruption"].iloc[0] + (" + wd" if t["wd"].iloc[0] else "")
             ax.plot(t["epoch"], t["train_acc"], label=label, lw=1.2)
         ax.axhline(0.99, color="grey", ls=":", lw=0.8)
-        ax.set(title=f"{arch} on Fashion-MNIST (n = 60,000)", xlabel="epoch", ylabel="training accuracy", ylim=(0, 1.01))
+        data = ", ".join(sorted(set(g["data.name"])))
+        ax.set(title=f"{arch} on {data}", xlabel="epoch", ylabel="training accuracy", ylim=(0, 1.01))
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def _values(rows, col: str, fmt: str = "{:g}") -> str:
+    vals = sorted(set(rows[col].dropna())) if col in rows else []
+    return " / ".join(fmt.format(v) for v in vals) if vals else "—"
+
+
+def protocol(results) -> str:
+    """The schedule and stopping rule as the sweep's own rows logged them (nothing typed here)."""
+    r = results.rows
+    return (f"SGD momentum {_values(r, 'optim.momentum')}, batch {_values(r, 'optim.batch_size')}, "
+            f"lr {_values(r, 'optim.lr')} × {_values(r, 'optim.lr_decay')} per epoch, at most "
+            f"{_values(r, 'optim.epochs')} epochs, stopped at {_values(r, 'stop.fit_threshold', '{:.0%}')} training "
+            f"accuracy, model input channels {_values(r, 'data.channels')}, random crop "
+            f"{'on' if r['aug'].any() else 'off'}")
 
 
 def main(argv=None) -> int:
@@ -113,7 +129,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", default=str(REPO / "results/fashion-mnist/fashion"))
     ap.add_argument("--kernel", default=str(REPO / "results/kernel"))
     ap.add_argument("--paper-schedule", default=str(REPO / "results/paper-schedule.json"))
+    ap.add_argument("--doc", default=str(DOC), help="the markdown file to write")
+    ap.add_argument("--figs", default=str(FIGS), help="the folder for its figures (beside the doc)")
     args = ap.parse_args(argv)
+    doc, figs = Path(args.doc), Path(args.figs)
+    fig_rel = os.path.relpath(figs, doc.parent)
 
     from rethink_dist.report.load import load_folder
     from rethink_dist.report.paper import TABLE1
@@ -121,11 +141,11 @@ def main(argv=None) -> int:
 
     results = load_folder(args.sweep)
     report = build_report(results, Path(args.sweep).parent / "report")
-    FIGS.mkdir(parents=True, exist_ok=True)
+    figs.mkdir(parents=True, exist_ok=True)
     for f in report.figures:
-        if f.png and f.id.endswith("fashion_mnist") and not f.id.startswith("fig2"):
-            (FIGS / f"{f.id.split('-')[0]}.png").write_bytes(f.png)
-    curves_figure(results, FIGS / "train_acc.png")
+        if f.png and not f.id.startswith("fig2"):
+            (figs / f"{f.id.split('-')[0]}.png").write_bytes(f.png)
+    curves_figure(results, figs / "train_acc.png")
 
     finals = results.finals()
     refs = references()
@@ -150,9 +170,7 @@ def main(argv=None) -> int:
       f"{num(minutes, '{:.1f}')} minutes (its MLflow parent run).")
     w(f"- Machine: {machine()}; two trials at a time, one thread each.")
     w(f"- Document generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.")
-    w("- Protocol: sweeps/fashion.py's docstring and the README's [open] choices: SGD momentum 0.9, batch 128, "
-      "lr 0.01 × 0.99 per epoch, at most 200 epochs, stopped at 99% training accuracy, MLPs on the 784 gray "
-      "pixels, per-image whitening, no augmentation.")
+    w(f"- Protocol (the trials' logged configs; why: sweeps/fashion.py and the README's [open] choices): {protocol(results)}.")
     if unfinished:
         w(f"- Unfinished trials: {', '.join(u['run_name'] for u in unfinished)}.")
     w("")
@@ -160,7 +178,7 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------ Table 1
     w("## Table 1: the MLP rows")
     w("")
-    w("Accuracy at the trial's last epoch (the epoch it reached 99% training accuracy, or the 200th). "
+    w("Accuracy at the trial's last epoch (the epoch it was fitted, or its last allowed one). "
       "Paper: CIFAR-10, the same architecture and regularizer. Reference: the best published MLP in the "
       "Fashion-MNIST README's benchmark table, and its human performance row.")
     w("")
@@ -179,7 +197,8 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------ Figure 1 table
     w("## Figures 1a–1c: every corruption, stopped once fitted")
     w("")
-    w("Steps to fit: the step count at the end of the first epoch with ≥ 99% training accuracy "
+    w(f"Steps to fit: the step count at the end of the first epoch with training accuracy ≥ "
+      f"{_values(results.rows, 'stop.fit_threshold', '{:.0%}')} "
       "(— when the trial hit the epoch cap first); relative: divided by the same architecture's true-label "
       "value (Figure 1b). Test error at the last epoch (Figure 1c).")
     w("")
@@ -205,8 +224,8 @@ def main(argv=None) -> int:
     for name, title in (("fig1a", "Figure 1a: training loss"), ("fig1b", "Figure 1b: time to fit"),
                         ("fig1c", "Figure 1c: test error"), ("memorization", "Clean and corrupted samples"),
                         ("train_acc", "Training accuracy of every trial")):
-        if (FIGS / f"{name}.png").exists():
-            w(f"![{title}](fashion-mnist/{name}.png)")
+        if (figs / f"{name}.png").exists():
+            w(f"![{title}]({fig_rel}/{name}.png)")
             w("")
 
     # ------------------------------------------------------------------ checks
@@ -260,15 +279,15 @@ def main(argv=None) -> int:
     w("")
 
     # ------------------------------------------------------------------ kernels
-    w("## Minimum-norm kernel interpolation at n = 60,000 (section 5)")
+    w("## Minimum-norm kernel interpolation on every training image (section 5)")
     w("")
-    w("Raw pixels / 255 (784 values), float32, CPU, `rethink-dist kernel --dataset fashion_mnist --dtype float32` "
-      "(docs/results/fashion_mnist_kernel.sh). Peak memory: the process's measured peak resident set "
-      "(getrusage; `/usr/bin/time -v` agrees, in the .err files).")
+    w("Raw pixels / 255, `rethink-dist kernel --dataset fashion_mnist` (docs/results/fashion_mnist_kernel.sh). "
+      "Peak memory: the process's measured peak resident set (getrusage; `/usr/bin/time -v`'s "
+      "'Maximum resident set size' is in the .err files beside the JSONs).")
     w("")
-    w("| kernel | labels | n | solver | train error % | test error % | norm | seconds (Gram + solve) | seconds (all) | "
-      "peak memory GiB | note |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    w("| kernel | labels | n | features | dtype | device | solver | train error % | test error % | norm | "
+      "seconds (Gram + solve) | seconds (all) | peak memory GiB | note |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     kdir = Path(args.kernel)
     for name in ("rbf-true", "rbf-random", "linear-true", "linear-random", "rbf-true-ridge", "rbf-random-ridge"):
         f = kdir / f"{name}.json"
@@ -276,17 +295,20 @@ def main(argv=None) -> int:
             err = kdir / f"{name}.out"
             if err.is_file() or (kdir / f"{name}.err").is_file():
                 last = [l for l in (kdir / f"{name}.err").read_text().splitlines() if l.startswith("rethink-dist")]
-                w(f"| {name} | | | failed | | | | | | | {last[0] if last else 'see ' + str(kdir / (name + '.err'))} |")
+                w(f"| {name} | | | | | | no result | | | | | | | {last[0] if last else 'unfinished or failed: see ' + str(kdir / (name + '.err'))} |")
             continue
         k = json.loads(f.read_text())
         labels = "random" if k["corruption"] == "labels" and k["level"] == 1 else "true"
         note = (k["singular_detail"] or "") + (f" ridge {k['ridge']:g}" if k.get("ridge") else "")
-        w(f"| {k['kernel']} | {labels} | {k['n_train']:,} | {k['solver']} | {pct(k['train_error'])} | "
+        w(f"| {k['kernel']} | {labels} | {k['n_train']:,} | {k['feature_dim']} | {k['dtype']} | {k['device']} | "
+          f"{k['solver']} | {pct(k['train_error'])} | "
           f"{pct(k['test_error'])} | {k['norm']:.1f} | {k['gram_solve_seconds']:.0f} | {k['seconds']:.0f} | "
           f"{k['peak_rss_gib']:.1f} | {note} |")
     w("")
-    DOC.write_text("\n".join(L) + "\n")
-    print(f"wrote {DOC} and {FIGS}/", file=sys.stderr)
+    tmp = doc.with_name(f".{doc.name}.tmp{os.getpid()}")
+    tmp.write_text("\n".join(L) + "\n")
+    os.replace(tmp, doc)
+    print(f"wrote {doc} and {figs}/", file=sys.stderr)
     return 0
 
 
