@@ -289,21 +289,31 @@ def main(argv=None) -> int:
       "seconds (Gram + solve) | seconds (all) | peak memory GiB | note |")
     w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     kdir = Path(args.kernel)
-    for name in ("rbf-true", "rbf-random", "linear-true", "linear-random", "rbf-true-ridge", "rbf-random-ridge"):
+    names = sorted({f.name.split(".")[0] for f in kdir.glob("*.json")} | {f.name[:-4] for f in kdir.glob("*.err")})
+    for name in names:
         f = kdir / f"{name}.json"
-        if not f.is_file():
-            err = kdir / f"{name}.out"
-            if err.is_file() or (kdir / f"{name}.err").is_file():
-                last = [l for l in (kdir / f"{name}.err").read_text().splitlines() if l.startswith("rethink-dist")]
-                w(f"| {name} | | | | | | no result | | | | | | | {last[0] if last else 'unfinished or failed: see ' + str(kdir / (name + '.err'))} |")
+        if not f.is_file():  # failed (or still running): its one-line error, as the command printed it
+            err = (kdir / f"{name}.err").read_text() if (kdir / f"{name}.err").is_file() else ""
+            said = [l for l in err.splitlines() if l.startswith("rethink-dist")]
+            w(f"| {name} | | | | | | no result | | | | | | | "
+              f"{said[0] if said else 'unfinished or failed: see ' + str(kdir / (name + '.err'))} |")
             continue
-        k = json.loads(f.read_text())
+        try:
+            k = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            w(f"| {name} | | | | | | no result | | | | | | | {f} is not valid JSON |")
+            continue
         labels = "random" if k["corruption"] == "labels" and k["level"] == 1 else "true"
-        note = (k["singular_detail"] or "") + (f" ridge {k['ridge']:g}" if k.get("ridge") else "")
-        w(f"| {k['kernel']} | {labels} | {k['n_train']:,} | {k['feature_dim']} | {k['dtype']} | {k['device']} | "
-          f"{k['solver']} | {pct(k['train_error'])} | "
-          f"{pct(k['test_error'])} | {k['norm']:.1f} | {k['gram_solve_seconds']:.0f} | {k['seconds']:.0f} | "
-          f"{k['peak_rss_gib']:.1f} | {note} |")
+        note = "; ".join(x for x in (k["singular_detail"], f"ridge {k['ridge']:g}" if k.get("ridge") else "",
+                                     f"`{name}`") if x)
+        head = (f"| {k['kernel']} | {{labels}} | {k['n_train']:,} | {k['feature_dim']} | {k['dtype']} | {k['device']} | "
+                f"{k['solver']} | ")
+        tail = (f" | {k['gram_solve_seconds']:.0f} | {k['seconds']:.0f} | {k['peak_rss_gib']:.1f} | {note} |")
+        w(head.format(labels=labels) + f"{pct(k['train_error'])} | {pct(k['test_error'])} | {k['norm']:.1f}" + tail)
+        for extra in k.get("also_levels") or []:  # solved with the same factorization
+            lv = "random" if extra["level"] == 1 else f"p={extra['level']:g}"
+            w(head.format(labels=f"{lv} (same factorization)") + f"{pct(extra['train_error'])} | "
+              f"{pct(extra['test_error'])} | {extra['norm']:.1f}" + tail)
     w("")
     tmp = doc.with_name(f".{doc.name}.tmp{os.getpid()}")
     tmp.write_text("\n".join(L) + "\n")
