@@ -146,3 +146,19 @@ def test_also_levels_equal_separate_solves():
             run_kernel({**base, "also_levels": bad})
     with pytest.raises(ConfigError, match="pixel corruption changes K"):
         run_kernel({**base, "corruption": "random_pixels", "also_levels": [1.0]})
+
+
+def test_linear_kernel_beyond_the_dimension_needs_no_room_for_k():
+    """With n > D the linear kernel is solved from the SVD of the features, never forming K, so a
+    budget too small for K must not refuse it (60,000 Fashion-MNIST images were refused so)."""
+    from rethink_dist.config import ConfigError
+    from rethink_dist.theory import run_kernel
+
+    k_bytes = 1437 * 1437 * 8
+    small = k_bytes / 4 / 2**30  # a quarter of K, ample for the features and the SVD factor
+    res = run_kernel({"dataset": "digits", "kernel": "linear", "memory_gb": small})
+    assert res["solver"] == "svd_pinv" and res["singular"] and res["rank"] <= 64
+    assert res == {**res, **{k: v for k, v in run_kernel({"dataset": "digits", "kernel": "linear"}).items()
+                             if k in ("train_error", "test_error", "rank")}}
+    with pytest.raises(ConfigError, match="K needs .* over the budget"):  # the RBF kernel does form K
+        run_kernel({"dataset": "digits", "kernel": "rbf", "memory_gb": small})

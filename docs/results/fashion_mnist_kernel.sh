@@ -30,6 +30,9 @@ small() {
   run rbf-f32-20k --kernel rbf --dtype float32 --max-train 20000 --memory-gb 4
   run rbf-f64-20k --kernel rbf --dtype float64 --max-train 20000 --also-levels 1.0 --memory-gb 8
   run linear --kernel linear --dtype float32 --also-levels 1.0
+  # float32's cut-off (n * eps * the largest eigenvalue) keeps only the directions within 0.7% of the
+  # top one (pixels are all positive: the mean image dominates); float64 keeps them all.
+  run linear-f64 --kernel linear --dtype float64 --also-levels 1.0
 }
 full > results/kernel/full.log 2>&1 &
 small > results/kernel/small.log 2>&1

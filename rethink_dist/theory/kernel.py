@@ -222,14 +222,17 @@ def available_bytes(device: torch.device) -> float:
     return 8.0 * 2**30
 
 
-def plan_block(n: int, n_query: int, dim: int, item: int, budget_bytes: float, block: int | None = None) -> int:
-    """Rows per Gram block such that K + features + one block fit the budget (or an error)."""
-    fixed = (n * n + (n + n_query) * dim) * item
+def plan_block(n: int, n_query: int, dim: int, item: int, budget_bytes: float, block: int | None = None,
+               forms_k: bool = True) -> int:
+    """Rows per Gram block such that K (or, where K is never formed, the SVD's n x D factor) + the
+    features + one block fit the budget (or an error)."""
+    big, what = (n * n, "K") if forms_k else (n * dim, "the SVD of the features")
+    fixed = (big + (n + n_query) * dim) * item
     if fixed > budget_bytes:
+        hint = "lower max_train, use float32, or raise the budget" if item > 4 else "lower max_train or raise the budget"
         raise KernelMemoryError(
-            f"n={n}: K needs {_size(n * n * item)} and the features {_size((n + n_query) * dim * item)} "
-            f"in {item * 8}-bit floats, over the budget of {_size(budget_bytes)}: lower max_train, use float32, "
-            "or raise the budget"
+            f"n={n}: {what} needs {_size(big * item)} and the features {_size((n + n_query) * dim * item)} "
+            f"in {item * 8}-bit floats, over the budget of {_size(budget_bytes)}: {hint}"
         )
     if block is None:
         block = int((budget_bytes - fixed) // (2 * max(n, n_query) * item))
@@ -266,7 +269,9 @@ def interpolate(
     n, dim = F.shape
     gamma = default_gamma(F) if (gamma is None and kernel == "rbf") else (gamma or 0.0)
     budget = budget_bytes if budget_bytes is not None else 0.8 * available_bytes(F.device)
-    blk = plan_block(n, n_query, dim, F.element_size(), budget, block)
+    # The linear kernel with n > D is solved from the SVD of the features: K is never formed.
+    forms_k = not (kernel == "linear" and ridge == 0 and n > dim)
+    blk = plan_block(n, n_query, dim, F.element_size(), budget, block, forms_k=forms_k)
     t0 = time.perf_counter()
     sol = solve_min_norm(F, Y.to(F.dtype), kernel, gamma, ridge, blk, budget)
     if F.device.type == "cuda":
