@@ -197,7 +197,7 @@ class TrialConfig:
         if self.data.image_size is not None and self.data.image_size < 1:
             raise ConfigError(f"data.image_size must be >= 1, got {self.data.image_size}")
         if self.data.channels is not None:
-            stored = info.image_shape[2] if info.image_shape else 3
+            stored = stored_channels(info)
             if self.data.channels < 1 or (stored != 1 and self.data.channels != stored):
                 valid = "an integer >= 1 (the gray channel is repeated)" if stored == 1 else str(stored)
                 raise ConfigError(f"data.channels={self.data.channels} is not valid for {self.data.name!r}; valid: {valid}")
@@ -262,11 +262,14 @@ class TrialConfig:
         _choice("precision", self.precision, PRECISIONS)
 
 
+def stored_channels(info) -> int:
+    """The channels a dataset stores (variable-size datasets, ImageNet, are RGB)."""
+    return info.image_shape[2] if info.image_shape else 3
+
+
 def input_channels(info) -> int:
     """The channels a dataset's models see by default: its ``input_channels``, else the stored ones."""
-    if info.input_channels is not None:
-        return info.input_channels
-    return info.image_shape[2] if info.image_shape else 3
+    return info.input_channels if info.input_channels is not None else stored_channels(info)
 
 
 def run_name(cfg: TrialConfig, optim: OptimConfig | None = None) -> str:

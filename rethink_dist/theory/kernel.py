@@ -164,13 +164,18 @@ def cholesky_solve_inplace_factor(L: torch.Tensor, Y: torch.Tensor) -> torch.Ten
     return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, Y, upper=False), upper=True)
 
 
+def solves_by_svd(kernel: str, ridge: float, n: int, dim: int) -> bool:
+    """The linear kernel without a ridge and with n > D: solved from the SVD of the features, K never formed."""
+    return kernel == "linear" and ridge == 0 and n > dim
+
+
 def solve_min_norm(
     F: torch.Tensor, Y: torch.Tensor, kernel: str, gamma: float, ridge: float, block: int, budget_bytes: float
 ) -> Solution:
     """alpha with (K + ridge I) alpha = Y, or K^+ Y when K is singular (see the module docstring)."""
     n, dim = F.shape
     item = F.element_size()
-    if kernel == "linear" and ridge == 0 and n > dim:
+    if solves_by_svd(kernel, ridge, n, dim):
         # rank(K) <= dim < n: K^+ = U S^-2 U^T from the SVD of F, never forming K.
         U, S, _ = torch.linalg.svd(F, full_matrices=False)
         alpha, rank = _pinv_apply(U, S * S, Y, n)
@@ -269,9 +274,7 @@ def interpolate(
     n, dim = F.shape
     gamma = default_gamma(F) if (gamma is None and kernel == "rbf") else (gamma or 0.0)
     budget = budget_bytes if budget_bytes is not None else 0.8 * available_bytes(F.device)
-    # The linear kernel with n > D is solved from the SVD of the features: K is never formed.
-    forms_k = not (kernel == "linear" and ridge == 0 and n > dim)
-    blk = plan_block(n, n_query, dim, F.element_size(), budget, block, forms_k=forms_k)
+    blk = plan_block(n, n_query, dim, F.element_size(), budget, block, forms_k=not solves_by_svd(kernel, ridge, n, dim))
     t0 = time.perf_counter()
     sol = solve_min_norm(F, Y.to(F.dtype), kernel, gamma, ridge, blk, budget)
     if F.device.type == "cuda":
