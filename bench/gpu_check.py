@@ -179,10 +179,9 @@ class Check:
     def save(self) -> None:
         if self.out is None:
             return
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_name(f".{self.out.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(_finite(self.result), indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, self.out)
+        from rethink_dist.files import write_json_atomic
+
+        write_json_atomic(self.out, _finite(self.result), indent=1)
 
 
 # ------------------------------------------------------------------------------------ sections

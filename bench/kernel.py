@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "kernel_gram_cholesky_solve", "kernel": "rbf", "runs": runs}
     text = json.dumps(out, indent=2)
     if args.json:
-        tmp = Path(args.json).with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.json)
+        from rethink_dist.files import write_json_atomic
+
+        write_json_atomic(args.json, out)
     print(text)
     return 0
 

@@ -149,7 +149,7 @@ class Baseline:
         import torch
         from torchvision import transforms
 
-        from rethink_dist.config import paper_lr
+        from rethink_dist.protocol import paper_lr
         from rethink_dist.models import create
         from rethink_dist.train import resolve_device
 

@@ -13,11 +13,9 @@ import importlib
 import pkgutil
 import sys
 
+from rethink_dist.errors import UsageError, UserError
+
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input found by a command: printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,17 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input (one line, exit 2), imported only if already loaded."""
-    errs: list[type[BaseException]] = [UsageError]
-    for mod, name in (("rethink_dist.config", "ConfigError"), ("rethink_dist.data", "DataError"),
-                      ("rethink_dist.sweep", "SweepError")):
-        m = sys.modules.get(mod)
-        if m is not None and hasattr(m, name):
-            errs.append(getattr(m, name))
-    return tuple(errs)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -65,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print("rethink-dist: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if isinstance(e, user_errors()):
+        if isinstance(e, UserError):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             print(msg if msg.startswith("rethink-dist") else f"rethink-dist: error: {msg}", file=sys.stderr)
             return EXIT_USAGE
@@ -73,8 +60,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main, not this __main__ copy: commands raise
-    # rethink_dist.cli.UsageError, which must be the class main() catches.
-    from rethink_dist.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

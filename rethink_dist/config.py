@@ -5,10 +5,10 @@ documented defaults of the dataset and architecture (see :func:`TrialConfig.reso
 config stays short and the choice made is still logged with every run (``to_flat`` is taken of
 the resolved config).
 
-Choices the paper leaves open ([open] in PAPER.md) are defaults here, documented in README.md:
-batch size 128; weight decay 5e-4 for conv nets and 1e-4 for MLPs when a sweep switches it on;
-"time to overfit" = the first step at which the whole training set is fitted at 100%;
-label-corruption grid 0.0, 0.1, ..., 1.0; per-dataset learning-rate decay and epochs below.
+The defaults that depend on the data set or the architecture (learning rate and its decay, epoch
+cap, crop, input channels) are in :mod:`rethink_dist.protocol`; the [open] choices are documented
+in docs/protocol.md. "Time to overfit" is the first step at which the training accuracy reaches
+``stop.fit_threshold`` (default 1.0: the whole training set).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from rethink_dist import protocol
+from rethink_dist.errors import ConfigError
+from rethink_dist.protocol import DATASETS, MODELS, paper_lr
 
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message is one line a user can act on."""
-
+__all__ = ["ConfigError", "TrialConfig", "imagenet_trial", "run_name"]
 
 # The randomization tests' corruptions (implemented in rethink_dist.corruption).
 CORRUPTION_KINDS = ("none", "labels", "shuffled_pixels", "random_pixels", "gaussian")
@@ -32,22 +32,6 @@ PIXEL_CORRUPTIONS = ("shuffled_pixels", "random_pixels", "gaussian")
 LOADERS = ("memory", "ffcv")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-
-# The paper's initial learning rates: 0.1 for Inception, 0.01 for the small AlexNet and MLPs.
-PAPER_LR = {"inception_small": 0.1, "inception_v3": 0.1}
-PAPER_LR_DEFAULT = 0.01
-# [open] Weight-decay coefficient when a sweep switches weight decay on (common reproductions).
-PAPER_WEIGHT_DECAY = {"mlp_1x512": 1e-4, "mlp_3x512": 1e-4}
-PAPER_WEIGHT_DECAY_DEFAULT = 5e-4
-
-
-def paper_lr(arch: str) -> float:
-    return PAPER_LR.get(arch, PAPER_LR_DEFAULT)
-
-
-def paper_weight_decay(arch: str) -> float:
-    return PAPER_WEIGHT_DECAY.get(arch, PAPER_WEIGHT_DECAY_DEFAULT)
-
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -161,9 +145,9 @@ class TrialConfig:
     # ------------------------------------------------------------------ defaults
     def resolved(self) -> "TrialConfig":
         """The config with every ``None`` default replaced by the dataset's / architecture's value."""
-        from rethink_dist.data import dataset_info
-
-        info = dataset_info(self.data.name)
+        if self.data.name not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.data.name!r}; valid: {', '.join(sorted(DATASETS))}")
+        info = DATASETS[self.data.name]
         optim = self.optim
         optim = dataclasses.replace(
             optim,
@@ -173,7 +157,7 @@ class TrialConfig:
         )
         data = dataclasses.replace(
             self.data, image_size=self.data.image_size if self.data.image_size is not None else info.crop,
-            channels=self.data.channels if self.data.channels is not None else input_channels(info),
+            channels=self.data.channels if self.data.channels is not None else info.model_channels,
         )
         name = self.name if self.name is not None else run_name(self, optim)
         return dataclasses.replace(self, optim=optim, data=data, name=name)
@@ -181,12 +165,9 @@ class TrialConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ConfigError for the first invalid value, naming it and what is valid."""
-        from rethink_dist.data import DATASETS, dataset_info
-        from rethink_dist.models import MODELS, model_capabilities
-
         if self.data.name not in DATASETS:
             raise ConfigError(f"unknown dataset {self.data.name!r}; valid: {', '.join(sorted(DATASETS))}")
-        info = dataset_info(self.data.name)
+        info = DATASETS[self.data.name]
         _choice("data.loader", self.data.loader, LOADERS)
         if self.data.loader not in info.loaders:
             raise ConfigError(
@@ -197,7 +178,7 @@ class TrialConfig:
         if self.data.image_size is not None and self.data.image_size < 1:
             raise ConfigError(f"data.image_size must be >= 1, got {self.data.image_size}")
         if self.data.channels is not None:
-            stored = stored_channels(info)
+            stored = info.stored_channels
             if self.data.channels < 1 or (stored != 1 and self.data.channels != stored):
                 valid = "an integer >= 1 (the gray channel is repeated)" if stored == 1 else str(stored)
                 raise ConfigError(f"data.channels={self.data.channels} is not valid for {self.data.name!r}; valid: {valid}")
@@ -214,7 +195,7 @@ class TrialConfig:
 
         if self.model.name not in MODELS:
             raise ConfigError(f"unknown architecture {self.model.name!r}; valid: {', '.join(sorted(MODELS))}")
-        caps = model_capabilities(self.model.name)
+        caps = MODELS[self.model.name]
         bad_kw = set(self.model.kwargs) - set(caps.kwargs)
         if bad_kw:
             raise ConfigError(
@@ -239,7 +220,7 @@ class TrialConfig:
         if r.dropout > 0 and not caps.dropout:
             raise ConfigError(f"reg.dropout is not supported by {self.model.name!r}")
         if not r.batch_norm and not caps.batch_norm_switch:
-            valid = ", ".join(n for n in sorted(MODELS) if model_capabilities(n).batch_norm_switch)
+            valid = ", ".join(n for n in sorted(MODELS) if MODELS[n].batch_norm_switch)
             raise ConfigError(f"reg.batch_norm=False is not supported by {self.model.name!r}; valid: {valid}")
 
         _in_range("stop.fit_threshold", self.stop.fit_threshold, 0.0, 1.0, lo_open=True)
@@ -249,7 +230,7 @@ class TrialConfig:
             raise ConfigError(f"resources.gpus must be >= 0, got {res.gpus}")
         if res.ddp_workers < 0:
             raise ConfigError(f"resources.ddp_workers must be >= 0, got {res.ddp_workers}")
-        if res.ddp_workers:  # a data-parallel trial (rethink_dist.distributed)
+        if res.ddp_workers:  # a data-parallel trial (rethink_dist.sweep.ddp)
             if self.data.loader != "ffcv":
                 raise ConfigError(f"resources.ddp_workers={res.ddp_workers} needs data.loader='ffcv' (each rank reads "
                                   f"its shard through FFCV), got {self.data.loader!r}")
@@ -260,16 +241,6 @@ class TrialConfig:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
-
-
-def stored_channels(info) -> int:
-    """The channels a dataset stores (variable-size datasets, ImageNet, are RGB)."""
-    return info.image_shape[2] if info.image_shape else 3
-
-
-def input_channels(info) -> int:
-    """The channels a dataset's models see by default: its ``input_channels``, else the stored ones."""
-    return info.input_channels if info.input_channels is not None else stored_channels(info)
 
 
 def run_name(cfg: TrialConfig, optim: OptimConfig | None = None) -> str:
@@ -370,3 +341,21 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + k] = v
     return out
+
+
+def imagenet_trial(beton_dir: str, *, augment: bool, dropout: bool, weight_decay: bool, random_labels: bool = False,
+                   seed: int = 0, image_size: int = protocol.IMAGENET_IMAGE_SIZE,
+                   resources: dict[str, Any] | None = None, **changes: Any) -> TrialConfig:
+    """One Inception V3 trial of Table 2 / Figure 2a with the ImageNet recipe (protocol.IMAGENET_RECIPE);
+    ``changes`` are dotted overrides."""
+    cfg = TrialConfig.from_dict({
+        "data": {"name": "imagenet", "loader": "ffcv", "beton_dir": str(beton_dir), "image_size": image_size},
+        "corruption": {"kind": "labels" if random_labels else "none", "level": 1.0 if random_labels else 0.0,
+                       "seed": seed},
+        "model": {"name": "inception_v3"},
+        "reg": {"augment": augment, "dropout": protocol.IMAGENET_DROPOUT if dropout else 0.0,
+                "weight_decay": protocol.IMAGENET_WEIGHT_DECAY if weight_decay else 0.0},
+        "resources": dict(resources or protocol.IMAGENET_RESOURCES),
+        "seed": seed,
+    })
+    return cfg.replace(**{**protocol.IMAGENET_RECIPE, **changes})

@@ -15,7 +15,10 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FIRST_COLUMNS = ["trial_id", "sweep", "run_name", "kind", "epoch"]
+from rethink_dist.files import atomic_path
+from rethink_dist.records import ROW_KEYS
+
+FIRST_COLUMNS = [k for k in ROW_KEYS if k != "finished"]
 _LIVE: dict[str, "ResultsTable"] = {}  # resolved path -> the table a running sweep writes
 
 
@@ -91,10 +94,8 @@ class ResultsTable:
                 if k not in columns:
                     columns.append(k)
         table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            pq.write_table(table, tmp)
 
 
 def read_results(path: str | os.PathLike):

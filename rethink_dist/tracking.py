@@ -1,35 +1,33 @@
 """MLflow: one experiment per sweep, a parent run for the sweep, one child run per trial.
 
 Runs are found by tag, so a resumed or retried trial continues its own run and a resumed sweep
-its own parent run: never a second run for one trial. Epochs are logged exactly once: a trial
-logs an epoch to MLflow only after Tune has its checkpoint, and on (re)start it back-fills from
-the checkpoint's history whatever epochs the run lacks (see :meth:`TrialRun.sync_history`).
-Layout and tags: docs/results-format.md.
+its own parent run: never a second run for one trial. Epochs are logged exactly once: the
+sweep's driver logs an epoch when Tune hands it the trial's report, which carries the checkpoint
+that holds the epoch, and when a trial ends it back-fills from the checkpoint's history whatever
+epochs the run lacks (see :meth:`TrialRun.sync_history`). Keys and tags: :mod:`rethink_dist.records`
+and docs/results-format.md.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from rethink_dist.metrics import Sink
+from rethink_dist.errors import ConfigError
 
-ROLE, SWEEP, TRIAL_ID = "rethink.role", "rethink.sweep", "rethink.trial_id"
-EPOCH_METRICS = (
-    "step", "train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "test_acc", "test_top5",
-    "best_test_acc", "lr", "images_per_s", "train_seconds", "eval_seconds", "seconds",
-)
+from rethink_dist.records import (DATASET_FINGERPRINT, GIT_COMMIT, METRIC_KEYS, PARENT_RUN, ROLE, SWEEP, TRIAL_ID,
+                                  finite_numbers)
+
 _MAX_PARAM_LEN = 6000
 
 
 def default_tracking_uri(storage: str) -> str:
     """``sqlite:///<storage>/mlflow.db`` for a local storage folder."""
     if "://" in storage:
-        raise ValueError(f"storage {storage!r} is remote: pass --tracking-uri (e.g. the cluster's MLflow server)")
+        raise ConfigError(f"storage {storage!r} is remote: pass --tracking-uri (e.g. the cluster's MLflow server)")
     return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
 
 
@@ -96,7 +94,7 @@ def ensure_parent_run(tracking_uri: str, experiment_id: str, sweep: str, params:
         _retry(client.update_run, run_id, status="RUNNING")
         return run_id
     run = _retry(client.create_run, experiment_id, run_name=sweep,
-                 tags={ROLE: "sweep", SWEEP: sweep, "rethink.git_commit": git_commit()})
+                 tags={ROLE: "sweep", SWEEP: sweep, GIT_COMMIT: git_commit()})
     log_params(client, run.info.run_id, params)
     return run.info.run_id
 
@@ -118,28 +116,16 @@ def _param_str(v: Any) -> str:
     return s[:_MAX_PARAM_LEN]
 
 
-def epoch_metrics(record: dict[str, Any], keys: Iterable[str] = EPOCH_METRICS) -> dict[str, float]:
-    """The finite numeric metrics of an epoch record (None and NaN are not logged: missing, not zero)."""
-    out = {}
-    for k in keys:
-        v = record.get(k)
-        if isinstance(v, bool) or v is None:
-            continue
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            out[k] = float(v)
-    return out
-
-
-class TrialRun(Sink):
-    """The child run of one trial; a :class:`Sink`, so the plain training loop can log to it too."""
+class TrialRun:
+    """The child run of one trial: its params, epochs (exactly once), summary and status."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, trial_id: str, run_name: str,
                  parent_run_id: str | None = None, sweep: str = "", extra_tags: dict[str, str] | None = None):
         self.client = _client(tracking_uri)
         self.trial_id = trial_id
-        tags = {ROLE: "trial", TRIAL_ID: trial_id, SWEEP: sweep, "rethink.git_commit": git_commit()}
+        tags = {ROLE: "trial", TRIAL_ID: trial_id, SWEEP: sweep, GIT_COMMIT: git_commit()}
         if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
+            tags[PARENT_RUN] = parent_run_id
         tags.update(extra_tags or {})
         existing = _find_run(self.client, experiment_id, TRIAL_ID, trial_id)
         if existing is not None:
@@ -158,18 +144,18 @@ class TrialRun(Sink):
 
         _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, _param_str(v)) for k, v in tags.items()])
 
-    def start(self, config, meta: dict[str, Any]) -> None:
-        params = dict(config.to_flat())
-        params.update({f"meta.{k}": v for k, v in meta.items()})
-        if self.resumed:
-            # Params are immutable in MLflow: log only those the run lacks (a resumed trial has the
-            # same config; a changed value would be an error we want to hear about).
-            have = _retry(self.client.get_run, self.run_id).data.params
-            params = {k: v for k, v in params.items() if k not in have}
-        log_params(self.client, self.run_id, params)
-        tags = {k: meta[k] for k in ("dataset_fingerprint",) if k in meta}
-        if tags:
-            self.set_tags({f"rethink.{k}": v for k, v in tags.items()})
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log the params the run lacks (params are immutable in MLflow: a resumed trial has the same
+        config, and a changed value would be an error we want to hear about)."""
+        have = _retry(self.client.get_run, self.run_id).data.params if self.resumed else {}
+        log_params(self.client, self.run_id, {k: v for k, v in params.items() if k not in have})
+        self.resumed = True  # from now on the run has params: log only what it lacks
+
+    def log_meta(self, meta: dict[str, Any]) -> None:
+        """The trial's facts (parameter count, device, data fingerprint, ...) as ``meta.*`` params."""
+        self.log_params({f"meta.{k}": v for k, v in meta.items()})
+        if "dataset_fingerprint" in meta:
+            self.set_tags({DATASET_FINGERPRINT: meta["dataset_fingerprint"]})
 
     def logged_epochs(self) -> set[int]:
         if self._logged_epochs is None:
@@ -177,10 +163,10 @@ class TrialRun(Sink):
             self._logged_epochs = {int(m.step) for m in hist}
         return self._logged_epochs
 
-    # Epochs are sent in batches, at most every FLUSH_SECONDS (one database write per epoch cost a
-    # 600-epoch digits trial 8 s). Nothing can be lost by waiting: an epoch reaches log_epoch only
-    # after Tune holds the checkpoint whose history contains it, and a restarted trial sends the
-    # history's missing epochs first (sync_history).
+    # Epochs are sent in batches, at most every FLUSH_SECONDS (one database write per epoch is slow
+    # for short epochs). Nothing can be lost by waiting: an epoch reaches log_epoch only after Tune
+    # holds the checkpoint whose history contains it, and the end of a trial back-fills from that
+    # history whatever the run lacks (sync_history).
     FLUSH_SECONDS = 2.0
     MAX_PENDING_METRICS = 900  # MLflow's log_batch takes at most 1,000 metrics
 
@@ -191,7 +177,7 @@ class TrialRun(Sink):
         if epoch in self.logged_epochs():
             return
         ts = int(time.time() * 1000)
-        self._pending.extend(Metric(k, v, ts, epoch) for k, v in epoch_metrics(record).items())
+        self._pending.extend(Metric(k, v, ts, epoch) for k, v in finite_numbers(record, METRIC_KEYS).items())
         self._logged_epochs.add(epoch)
         if (time.monotonic() - self._last_flush >= self.FLUSH_SECONDS
                 or len(self._pending) >= self.MAX_PENDING_METRICS):
@@ -215,8 +201,7 @@ class TrialRun(Sink):
 
         self.flush()
         ts = int(time.time() * 1000)
-        vals = {f"summary.{k}": (float(v) if not isinstance(v, bool) else float(v)) for k, v in summary.items()
-                if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))}
+        vals = {f"summary.{k}": v for k, v in finite_numbers(summary, summary).items()}
         if vals:
             _retry(self.client.log_batch, self.run_id, metrics=[Metric(k, v, ts, 0) for k, v in vals.items()])
         _retry(self.client.set_terminated, self.run_id, status)

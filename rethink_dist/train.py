@@ -15,7 +15,10 @@ measured at epoch granularity.
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
 import torch
@@ -23,7 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rethink_dist.config import TrialConfig
+from rethink_dist.data import dataset_info, load
+from rethink_dist.data.memory import MemoryLoader, corrupt_dataset
+from rethink_dist.errors import ConfigError
 from rethink_dist.metrics import Sink
+from rethink_dist.models import count_params, create
+from rethink_dist.records import summarize
 
 AUX_WEIGHT = 0.4  # weight of Inception V3's auxiliary-head loss (Szegedy et al.)
 
@@ -48,7 +56,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA device is available; valid here: auto, cpu")
+        raise ConfigError("device='cuda' was asked for but no CUDA device is available; valid here: auto, cpu")
     return torch.device(name)
 
 
@@ -61,16 +69,11 @@ def _derive_seed(*parts: int) -> int:
 
 def build_loader(cfg: TrialConfig, device: torch.device) -> tuple[Loader, dict[str, Any]]:
     """The trial's data loader, with its corruption applied, and facts about the data to log."""
-    from rethink_dist.data import dataset_info
-
     info = dataset_info(cfg.data.name)
     if cfg.data.loader == "ffcv":
-        from rethink_dist.data.ffcv_loader import build_ffcv_loader
+        from rethink_dist.data.ffcv_loader import build_ffcv_loader  # imports FFCV: only for FFCV trials
 
         return build_ffcv_loader(cfg, device)
-    from rethink_dist.data import load
-    from rethink_dist.data.memory import MemoryLoader, corrupt_dataset
-
     ds = load(cfg.data.name, cfg.data.root, cfg.data.download).subset_train(cfg.data.max_train)
     arrays = corrupt_dataset(ds, cfg.corruption)
     crop = cfg.data.image_size or info.crop
@@ -150,8 +153,6 @@ class Trial:
         self.num_classes = int(self.meta.get("num_classes", 10))
 
         torch.manual_seed(_derive_seed(cfg.seed, 0xA11CE))
-        from rethink_dist.models import count_params, create
-
         self.model = create(
             cfg.model.name, loader.input_shape, self.num_classes,
             dropout=cfg.reg.dropout, batch_norm=cfg.reg.batch_norm, **dict(cfg.model.kwargs),
@@ -296,6 +297,7 @@ class Trial:
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
             "seconds": prev_seconds + train_seconds + eval_seconds,
+            "steps_to_fit": self.steps_to_fit,
         }
         self.history.append(record)
         return record
@@ -305,17 +307,24 @@ class Trial:
         """Accuracy on the whole training set (by corrupted/clean samples) and on the test set."""
         self.model.eval()
         changed = self.loader.changed
-        correct_train = self._correct(self.loader.eval_batches("train"), topk=1)
-        n_changed = int(changed.sum())
-        n_clean = correct_train.numel() - n_changed
+        train1 = self._correct(self.loader.eval_batches("train"), topk=1)
         test1, test5 = self._correct(self.loader.eval_batches("test"), topk=5, both=True)
+        counts = torch.stack([torch.tensor(train1.numel(), device=train1.device), train1.sum(), changed.sum(),
+                              train1[changed].sum(), torch.tensor(test1.numel(), device=test1.device), test1.sum(),
+                              test5.sum()]).to(torch.float64)
+        n_train, ok_train, n_changed, ok_changed, n_test, ok1, ok5 = self.reduce_counts(counts).tolist()
+        n_clean = n_train - n_changed
         return {
-            "train_acc": float(correct_train.float().mean()),
-            "train_acc_clean": float(correct_train[~changed].float().mean()) if n_clean else None,
-            "train_acc_corrupted": float(correct_train[changed].float().mean()) if n_changed else None,
-            "test_acc": float(test1.float().mean()),
-            "test_top5": float(test5.float().mean()),
+            "train_acc": ok_train / n_train,
+            "train_acc_clean": (ok_train - ok_changed) / n_clean if n_clean else None,
+            "train_acc_corrupted": ok_changed / n_changed if n_changed else None,
+            "test_acc": ok1 / n_test,
+            "test_top5": ok5 / n_test,
         }
+
+    def reduce_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """The counts of the whole data set (a data-parallel trial sums its ranks' counts)."""
+        return counts
 
     def _correct(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], topk: int, both: bool = False):
         top1, topk_hits = [], []
@@ -333,25 +342,36 @@ class Trial:
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> dict[str, Any]:
-        last = self.history[-1] if self.history else {}
-        return {
-            "train_acc": last.get("train_acc"),
-            "test_acc": last.get("test_acc"),
-            "test_top5": last.get("test_top5"),
-            "best_test_acc": self.best_test_acc if self.history else None,
-            "steps_to_fit": self.steps_to_fit,
-            "epochs": self.epoch,
-            "steps": self.step,
-            "fitted": self.steps_to_fit is not None,
-            "seconds": last.get("seconds"),
-        }
+        return summarize(self.history)
 
 
-def train(config: TrialConfig, sinks: Iterable[Sink] = (), state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one trial to the end; returns ``{"config", "meta", "history", "summary"}``."""
-    trial = Trial(config)
-    if state is not None:
-        trial.load_state_dict(state)
+# ---------------------------------------------------------------------- checkpoints
+STATE_FILE, HISTORY_FILE = "state.pt", "history.json"
+
+
+def save_checkpoint(trial: Trial, folder: str | os.PathLike, **extra_json: Any) -> None:
+    """Write ``trial``'s checkpoint into ``folder``: its state, its history as JSON (readable without
+    torch) and each ``extra_json`` as ``<name>.json``. Every checkpoint of every trial is written here."""
+    folder = Path(folder)
+    torch.save(trial.state_dict(), folder / STATE_FILE)
+    (folder / HISTORY_FILE).write_text(json.dumps(trial.history, default=str))
+    for name, obj in extra_json.items():
+        (folder / f"{name}.json").write_text(json.dumps(obj, indent=1, default=str))
+
+
+def load_checkpoint(trial: Trial, folder: str | os.PathLike) -> None:
+    """Continue ``trial`` from the checkpoint in ``folder`` (refused if it is another config's)."""
+    state = torch.load(Path(folder) / STATE_FILE, map_location=trial.device, weights_only=False)
+    trial.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------- the loop
+def run(trial: Trial, sinks: Iterable[Sink] = ()) -> dict[str, Any]:
+    """Run ``trial`` to its end, handing each epoch's record to every sink; returns the summary.
+
+    The one loop of the project: the command line, a Tune trial and each data-parallel rank run
+    it with their own sinks (the console; Tune reports with checkpoints; Ray Train reports).
+    """
     sinks = list(sinks)
     for s in sinks:
         s.start(trial.config, trial.meta)
@@ -362,4 +382,13 @@ def train(config: TrialConfig, sinks: Iterable[Sink] = (), state: dict[str, Any]
     summary = trial.summary()
     for s in sinks:
         s.finish(summary)
+    return summary
+
+
+def train(config: TrialConfig, sinks: Iterable[Sink] = (), state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one trial to the end; returns ``{"config", "meta", "history", "summary"}``."""
+    trial = Trial(config)
+    if state is not None:
+        trial.load_state_dict(state)
+    summary = run(trial, sinks)
     return {"config": trial.config.to_dict(), "meta": trial.meta, "history": trial.history, "summary": summary}

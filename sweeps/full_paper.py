@@ -25,8 +25,9 @@ there: $RETHINK_IMAGENET_BETON if set, else DIR/../imagenet (the cluster layout:
 next to ~/data/imagenet) when it holds meta.json. 6 trials x 90 epochs.
 """
 
-from rethink_dist.config import TrialConfig, paper_weight_decay
-from rethink_dist.distributed import IMAGENET_RESOURCES as IMAGENET_DEFAULT_RESOURCES
+from rethink_dist.config import TrialConfig
+from rethink_dist.protocol import paper_weight_decay
+from rethink_dist.protocol import IMAGENET_RESOURCES as IMAGENET_DEFAULT_RESOURCES
 
 NAME = "full_paper"
 SEEDS = (0,)
@@ -77,11 +78,11 @@ def trials(data_root=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# ImageNet: Table 2 and Figure 2a (Inception V3; data-parallel trials, rethink_dist.distributed)
+# ImageNet: Table 2 and Figure 2a (Inception V3; data-parallel trials, rethink_dist.sweep.ddp)
 # ---------------------------------------------------------------------------------------------
 # The recipe (SGD momentum 0.9, global batch 256, lr 0.1 x 0.94 every two epochs, 90 epochs,
 # weight decay 4e-5 and dropout 0.2 when on, random-resized-crop + flip augmentation) is
-# rethink_dist.distributed.IMAGENET_RECIPE; docs/imagenet.md says why. Figure 2a is drawn from the
+# rethink_dist.protocol.IMAGENET_RECIPE; docs/imagenet.md says why. Figure 2a is drawn from the
 # per-epoch test accuracy (and the best so far) of the Table 2 runs: it needs no trials of its own.
 IMAGENET_ENV = "RETHINK_IMAGENET_BETON"  # the ImageNet .beton folder; when set it must exist
 IMAGENET_SEEDS = (0,)
@@ -113,7 +114,7 @@ def imagenet_beton_dir(data_root):
 
 
 def imagenet_trials(data_root):
-    from rethink_dist.distributed import imagenet_trial
+    from rethink_dist.config import imagenet_trial
 
     beton = imagenet_beton_dir(data_root)
     if beton is None:
@@ -131,6 +132,6 @@ def imagenet_trials(data_root):
 
 
 if __name__ == "__main__":
-    from rethink_dist.sweep import main
+    from rethink_dist.commands.sweep import main
 
     raise SystemExit(main(__file__))

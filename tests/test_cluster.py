@@ -337,7 +337,7 @@ def trials(data_root=None):
 
 
 if __name__ == "__main__":
-    from rethink_dist.sweep import main
+    from rethink_dist.commands.sweep import main
 
     raise SystemExit(main(__file__))
 '''

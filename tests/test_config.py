@@ -14,7 +14,7 @@ def test_defaults_follow_the_paper():
     dig = TrialConfig.from_dict({}).resolved()
     assert dig.data.name == "digits" and dig.optim.lr_decay == pytest.approx(0.95 ** (1437 / 50000))
     # A bare ImageNet trial gets the recipe's schedule (0.94 every two epochs), as sweeps do.
-    from rethink_dist.distributed import IMAGENET_RECIPE
+    from rethink_dist.protocol import IMAGENET_RECIPE
 
     img = TrialConfig.from_dict({"model": {"name": "inception_v3"},
                                  "data": {"name": "imagenet", "loader": "ffcv", "beton_dir": "b"}}).resolved()

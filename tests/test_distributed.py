@@ -41,7 +41,7 @@ SWEEP = """
 NAME = "ddp_imagenet"
 
 def trials(data_root=None):
-    from rethink_dist.distributed import imagenet_trial
+    from rethink_dist.config import imagenet_trial
 
     return [imagenet_trial(data_root, augment=True, dropout=True, weight_decay=True, random_labels=True, seed=3,
                            image_size=75, resources={"ddp_workers": WORKERS, "cpus": 1.0, "gpus": 0.0},

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rethink_dist.config import paper_weight_decay
+from rethink_dist.protocol import paper_weight_decay
 from rethink_dist.data.cifar import write_cifar10
 from rethink_dist.sweep import load_sweep
 
@@ -99,8 +99,11 @@ def test_fashion_sweep_grid(monkeypatch):
     assert sweep.name == "fashion" and len(cells) == len(set(cells)) == 13
     assert {t.config["data"]["name"] for t in sweep.trials} == {"fashion_mnist"}
     assert {t.config["data"]["channels"] for t in sweep.trials} == {1}  # the MLPs see the 784 gray pixels
-    assert {(t.config["optim"]["lr_decay"], t.config["optim"]["epochs"], t.config["stop"]["fit_threshold"])
-            for t in sweep.trials} == {(0.99, 200, 0.99)}
+    from rethink_dist import protocol
+
+    assert {(t.config["optim"]["lr"], t.config["optim"]["lr_decay"], t.config["optim"]["epochs"],
+             t.config["stop"]["fit_threshold"]) for t in sweep.trials} == {
+        (protocol.FASHION_MLP_LR, protocol.FASHION_LR_DECAY, protocol.FASHION_EPOCHS, protocol.FASHION_FIT_THRESHOLD)}
     assert all(c[-1] for c in cells)  # every trial stops once fitted
     mlp1 = sorted((kind, level) for a, _, _, wd, _, kind, level, _ in cells if a == "mlp_1x512" and wd == 0)
     assert mlp1 == sorted([("none", 0.0), ("labels", 0.2), ("labels", 0.4), ("labels", 0.6), ("labels", 0.8),

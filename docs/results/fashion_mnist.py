@@ -322,9 +322,10 @@ def main(argv=None) -> int:
             w(head.format(labels=f"{lv} (same factorization)") + f"{pct(extra['train_error'])} | "
               f"{pct(extra['test_error'])} | {extra['norm']:.1f}" + tail)
     w("")
-    tmp = doc.with_name(f".{doc.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(L) + "\n")
-    os.replace(tmp, doc)
+    from rethink_dist.files import atomic_path
+
+    with atomic_path(doc) as tmp:
+        tmp.write_text("\n".join(L) + "\n")
     print(f"wrote {doc} and {figs}/", file=sys.stderr)
     return 0
 

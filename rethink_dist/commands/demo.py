@@ -6,6 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from rethink_dist.commands import report
+from rethink_dist.commands.sweep import exit_code, print_summary, sweep_outcome
+from rethink_dist.errors import UsageError
+from rethink_dist.sweep.driver import DEFAULT_STORAGE, can_restore, run_sweep
+from rethink_dist.sweep.plan import load_sweep
+
 NAME = "demo"
 HELP = "run sweeps/quick.py (digits, no network, no GPU needed), print its table and write its report"
 QUICK = Path(__file__).resolve().parents[2] / "sweeps" / "quick.py"
@@ -18,23 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rethink_dist.cli import UsageError
-
     if not QUICK.is_file():
         raise UsageError(f"demo: {str(QUICK)!r} is missing: run the demo from a rethink-dist checkout")
-    from rethink_dist.sweep import (DEFAULT_STORAGE, _can_restore, exit_code, load_sweep, print_summary, run_sweep,
-                                    sweep_outcome)
-
     sweep = load_sweep(QUICK, smoke=args.smoke)
     storage = str(Path(args.storage or DEFAULT_STORAGE).resolve())
-    resume = _can_restore(f"{storage}/{sweep.name}/tune")
+    resume = can_restore(f"{storage}/{sweep.name}/tune")
     print(f"demo: sweep {sweep.name!r} ({len(sweep.trials)} trials) into {storage}"
           + (" (continuing the earlier run)" if resume else ""), file=sys.stderr, flush=True)
     out = run_sweep(sweep, storage=storage, resume=resume, ray_address="local", num_cpus=args.num_cpus)
     print(sweep_outcome(sweep.name, out))
     print_summary(out["summary"])
-
-    from rethink_dist.commands import report
 
     print(f"\nParquet table: {out['parquet']}")
     print(f"MLflow store:  {out['tracking_uri']}  (experiment {out['experiment']!r})")

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rethink_dist.cli import UsageError
+    from rethink_dist.errors import UsageError
     from rethink_dist.models import MODELS, count_params, create
 
     if args.num_classes < 2:

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rethink_dist.cli import UsageError
+    from rethink_dist.errors import UsageError
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.results is None and not (args.tracking_uri and args.experiment):

@@ -1,8 +1,18 @@
-"""rethink-dist sweep FILE: run a sweep file (the same as `python FILE`)."""
+"""rethink-dist sweep FILE: run a sweep file (the same as ``python FILE``, which calls :func:`main`)."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rethink_dist.errors import SweepError, UserError
+from rethink_dist.metrics import fmt
+from rethink_dist.sweep.driver import DEFAULT_STORAGE, MAX_FAILURES, run_sweep
+from rethink_dist.sweep.plan import load_sweep
+from rethink_dist.sweep.worker import REPORT_SECONDS
 
 NAME = "sweep"
 HELP = "run a sweep file on Ray Tune (local Ray, or the cluster this node belongs to)"
@@ -10,12 +20,111 @@ HELP = "run a sweep file on Ray Tune (local Ray, or the cluster this node belong
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a sweep file, e.g. sweeps/quick.py")
-    from rethink_dist.sweep import add_arguments as sweep_arguments
-
-    sweep_arguments(p)
+    add_sweep_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rethink_dist.sweep import run_from_args
-
     return run_from_args(args.file, args)
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="folder with the raw dataset files (CIFAR-10 batches, ImageNet folders)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help="folder or URI (s3://...) for Tune checkpoints and results (default ./results)")
+    p.add_argument("--results-dir", help="local folder for sweep.json and trials.parquet when --storage is remote")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep: only unfinished trials run")
+    p.add_argument("--smoke", action="store_true", help="a few tiny trials of this sweep (about a minute)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--max-failures", type=int, default=MAX_FAILURES,
+                   help=f"retries of a trial whose worker or node died (default {MAX_FAILURES}; -1 unlimited, "
+                        "for long runs on spot nodes)")
+    p.add_argument("--cpus-per-trial", type=float, help="override every network trial's CPUs")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="override every network trial's GPUs (fractions share a GPU: 0.25 = four trials per GPU)")
+    p.add_argument("--report-seconds", type=float, default=REPORT_SECONDS,
+                   help=f"a trial reports to Tune (with a checkpoint) at most this often, several short epochs "
+                        f"per report (default {REPORT_SECONDS:g}; 0: every epoch)")
+    p.add_argument("--ray-address", help="Ray cluster address; 'local' starts a new local Ray "
+                                         "(default: $RAY_ADDRESS, else this node's cluster, else local)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="check the sweep and list its trials; run nothing")
+
+
+THEORY_COLUMNS = {"expressivity": ("n", "d", "params", "max_abs_error", "min_eigenvalue"),
+                  "kernel": ("n_train", "train_error", "test_error", "norm")}  # of records.THEORY_KEYS
+
+
+def print_summary(rows: list[dict[str, Any]], stream=sys.stdout) -> None:
+    """The final table: accuracies for network trials, the measured quantities for theory trials."""
+    if not rows:
+        print("no results", file=stream)
+        return
+    width = max(len(r["run_name"]) for r in rows)
+    nets = [r for r in rows if r.get("kind", "network") == "network"]
+    if nets:
+        print(f"{'trial':<{width}}  epochs  train%  test%  steps_to_fit", file=stream)
+        for r in nets:
+            stf = r.get("steps_to_fit")
+            stf = "-" if stf is None or stf != stf else int(stf)
+            print(f"{r['run_name']:<{width}}  {r.get('epoch', '-'):>6}  {fmt(r.get('train_acc')):>6}  "
+                  f"{fmt(r.get('test_acc')):>5}  {stf:>12}", file=stream)
+    for r in rows:
+        cols = THEORY_COLUMNS.get(r.get("kind", "network"))
+        if cols:
+            values = "  ".join(f"{c}={fmt(r.get(c), pct=False)}" for c in cols)
+            print(f"{r['run_name']:<{width}}  {values}", file=stream)
+
+
+def run_from_args(path: str, args: argparse.Namespace) -> int:
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise SweepError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.max_failures < -1:
+        raise SweepError(f"--max-failures must be >= -1 (-1: unlimited), got {args.max_failures}")
+    if not (math.isfinite(args.report_seconds) and args.report_seconds >= 0):
+        raise SweepError(f"--report-seconds must be a finite number >= 0 (0: every epoch), got {args.report_seconds}")
+    overrides = {k: v for k, v in (("cpus", args.cpus_per_trial), ("gpus", args.gpus_per_trial)) if v is not None}
+    sweep = load_sweep(path, data_root=args.data_root, smoke=args.smoke, resources=overrides)
+    if args.dry_run:
+        for s in sweep.trials:
+            print(f"{s.trial_id}  {s.kind:<12} {s.run_name}")
+        print(f"{len(sweep.trials)} trials in sweep {sweep.name!r}")
+        return 0
+    print(f"sweep {sweep.name!r}: {len(sweep.trials)} trials", file=sys.stderr, flush=True)
+    out = run_sweep(sweep, storage=args.storage, tracking_uri=args.tracking_uri, resume=args.resume,
+                    max_concurrent=args.max_concurrent, ray_address=args.ray_address, num_cpus=args.num_cpus,
+                    results_dir=args.results_dir, max_failures=args.max_failures,
+                    report_seconds=args.report_seconds)
+    print(sweep_outcome(sweep.name, out))
+    print_summary(out["summary"])
+    print(f"\nParquet table: {out['parquet']}")
+    print(f"MLflow store:  {out['tracking_uri']}  (experiment {out['experiment']!r})")
+    if out["tracking_uri"].startswith("sqlite:"):
+        print(f"Open the MLflow UI: mlflow ui --backend-store-uri {out['tracking_uri']} --host 127.0.0.1")
+    return exit_code(out)
+
+
+def sweep_outcome(name: str, out: dict[str, Any]) -> str:
+    """The line after a sweep: how many trials have results, failed, or were left unfinished."""
+    line = f"\nsweep {name!r}: {len(out['summary'])}/{out['planned']} trials with results, {out['errors']} failed"
+    if out["unfinished"]:
+        line += f", {out['unfinished']} unfinished (interrupted: continue with --resume)"
+    return line
+
+
+def exit_code(out: dict[str, Any]) -> int:
+    """1 when a trial failed, 130 (as for Ctrl-C) when the sweep was interrupted, else 0."""
+    return 1 if out["errors"] else 130 if out["unfinished"] else 0
+
+
+def main(path: str, argv: list[str] | None = None) -> int:
+    """Entry point of a sweep file run as a script."""
+    parser = argparse.ArgumentParser(prog=Path(path).name, description=f"Run the sweep {Path(path).name}.")
+    add_sweep_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(path, args)
+    except UserError as e:
+        print(f"{Path(path).name}: error: {e}", file=sys.stderr)
+        return 2
+

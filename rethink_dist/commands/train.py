@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rethink_dist.files import write_json_atomic
+
 NAME = "train"
 HELP = "train one trial (one config) and optionally write its history as JSON"
 
@@ -96,18 +98,6 @@ def config_from_args(args: argparse.Namespace):
     return cfg.replace(**changes) if changes else cfg
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--json", metavar="OUT", help="write {config, history, summary} to this file")
@@ -117,11 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg.resources.ddp_workers:
-        from rethink_dist.distributed import run_ddp_trial_cli
-
-        return run_ddp_trial_cli(cfg, args)
+        return run_ddp(cfg, args)
     from rethink_dist.metrics import ConsoleSink
-    from rethink_dist.train import TrainingDiverged, train
+    from rethink_dist.train import TrainingDiverged, train  # torch: not for --help
 
     sinks = [] if args.quiet else [ConsoleSink()]
     try:
@@ -133,4 +121,35 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(args.json, result)
         if not args.quiet:
             print(f"  wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def run_ddp(cfg, args: argparse.Namespace) -> int:
+    """One data-parallel trial on the local Ray, through the sweep's Tune trainable; writes --json.
+    With $MLFLOW_TRACKING_URI set, the trial is logged there (experiment ``train``)."""
+    from rethink_dist.config import ConfigError
+    from rethink_dist.sweep.driver import run_one_trial  # Ray: only for data-parallel trials
+    from rethink_dist.sweep.plan import spec_from_item
+
+    cfg.validate()
+    resolved = cfg.resolved()
+    if not resolved.data.beton_dir or not Path(resolved.data.beton_dir).is_dir():
+        raise ConfigError(f"data.beton_dir {resolved.data.beton_dir!r} does not exist (prepare it with rethink-dist prepare)")
+    spec = spec_from_item(cfg, 0, "the command line")
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not args.quiet:
+        print(f"{resolved.name}: {resolved.resources.ddp_workers} data-parallel workers on Ray"
+              + (f", logging to MLflow at {tracking_uri}" if tracking_uri else ""), file=sys.stderr, flush=True)
+    out = run_one_trial(spec, tracking_uri)
+    if out["error"]:
+        print(f"rethink-dist: the data-parallel trial failed: {out['error']}", file=sys.stderr)
+        return 1
+    saved = out["saved"]
+    result = {"config": resolved.to_dict(), "meta": saved["meta"], "history": out["history"], "summary": saved["summary"]}
+    if not args.quiet:
+        s = saved["summary"]
+        print(f"{resolved.name}: {s['epochs']} epochs, train {s['train_acc']:.4f}, test top-1 {s['test_acc']:.4f} "
+              f"(best {s['best_test_acc']:.4f}), top-5 {s['test_top5']:.4f}", file=sys.stderr)
+    if args.json:
+        write_json_atomic(args.json, result)
     return 0

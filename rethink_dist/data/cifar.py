@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rethink_dist.data import ArrayDataset, DataError
+from rethink_dist.data.arrays import ArrayDataset
+from rethink_dist.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]

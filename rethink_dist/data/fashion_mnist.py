@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rethink_dist.data import ArrayDataset, DataError
+from rethink_dist.data.arrays import ArrayDataset
+from rethink_dist.errors import DataError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FILES = {

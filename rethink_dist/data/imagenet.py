@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rethink_dist.data import DataError
+from rethink_dist.errors import DataError
 
 SPLITS = {"train": "train", "test": "val"}
 EXTENSIONS = (".jpeg", ".jpg", ".png")

@@ -1,46 +1,28 @@
 """Model registry: ``create(name, input_shape, num_classes, **kwargs)``.
 
-Each family lives in its own module and registers its builders with :func:`register`. A builder
+Each family lives in its own module and registers its builders with
+:func:`rethink_dist.models.registry.register`; what each architecture can express is declared in
+:data:`rethink_dist.protocol.MODELS`. A builder
 takes ``input_shape`` as (C, H, W), ``num_classes`` and its keyword arguments; ``dropout`` and
 ``batch_norm`` are passed only to the models that declare they support them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch.nn as nn
 
+# The families register their builders when imported.
+from rethink_dist.models import alexnet, inception, inception_v3, mlp  # noqa: F401
+from rethink_dist.errors import ConfigError
+from rethink_dist.models.registry import BUILDERS
+from rethink_dist.protocol import MODELS, ModelSpec
 
-@dataclass(frozen=True)
-class ModelCapabilities:
-    builder: Callable[..., nn.Module]
-    kwargs: tuple[str, ...] = ()  # extra keyword arguments the builder accepts (model.kwargs)
-    dropout: bool = False  # accepts dropout=p
-    batch_norm_switch: bool = False  # accepts batch_norm=False
-    description: str = ""
-
-
-MODELS: dict[str, ModelCapabilities] = {}
+__all__ = ["MODELS", "ModelSpec", "count_params", "create", "model_capabilities"]
 
 
-def register(
-    name: str, *, kwargs: tuple[str, ...] = (), dropout: bool = False, batch_norm_switch: bool = False
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        MODELS[name] = ModelCapabilities(fn, kwargs, dropout, batch_norm_switch, doc[0] if doc else "")
-        return fn
-
-    return deco
-
-
-def model_capabilities(name: str) -> ModelCapabilities:
+def model_capabilities(name: str) -> ModelSpec:
     if name not in MODELS:
-        raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"unknown architecture {name!r}; valid: {', '.join(sorted(MODELS))}")
     return MODELS[name]
 
 
@@ -61,13 +43,9 @@ def create(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwa
             raise ValueError(f"{name!r} cannot drop BatchNorm")
         kwargs["batch_norm"] = False
     c, h, w = input_shape
-    return caps.builder((int(c), int(h), int(w)), int(num_classes), **kwargs)
+    return BUILDERS[name]((int(c), int(h), int(w)), int(num_classes), **kwargs)
 
 
 def count_params(model: nn.Module) -> int:
     """Number of trainable parameters (the paper's parameter counts)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# Register the families.
-from rethink_dist.models import alexnet, inception, inception_v3, mlp  # noqa: E402,F401

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from rethink_dist.models import register
+from rethink_dist.models.registry import register
 
 
 def _module(c_in: int) -> list[nn.Module]:
@@ -46,7 +46,7 @@ class AlexNetSmall(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register("alexnet_small", dropout=True)
+@register("alexnet_small")
 def alexnet_small(input_shape, num_classes, dropout: float = 0.0) -> nn.Module:
     """Small AlexNet: two conv/pool/LRN modules, FC 384, FC 192, linear."""
     return AlexNetSmall(input_shape, num_classes, dropout)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from rethink_dist.errors import ReportError
+from rethink_dist.records import METRIC_KEYS, ROLE, TRIAL_ID
 from rethink_dist.report.paper import arch_label
 
 REQUIRED = ("trial_id", "epoch", "step", "train_loss", "train_acc", "test_acc", "finished",
@@ -22,13 +24,7 @@ REQUIRED = ("trial_id", "epoch", "step", "train_loss", "train_acc", "test_acc", 
 OPTIONAL_FLOAT = ("train_acc_clean", "train_acc_corrupted", "test_top5", "best_test_acc", "steps_to_fit",
                   "reg.weight_decay", "reg.dropout", "optim.epochs", "seconds")
 OPTIONAL_BOOL = {"reg.augment": False, "reg.batch_norm": True}
-# Per-epoch metrics read back from MLflow (logged with step = epoch).
-MLFLOW_METRICS = ("step", "train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "test_acc",
-                  "test_top5", "best_test_acc", "steps_to_fit", "seconds")
 
-
-class ReportError(ValueError):
-    """Results that cannot be reported on; the message is one line naming the value."""
 
 
 @dataclass
@@ -154,8 +150,8 @@ def load_mlflow(tracking_uri: str, experiment: str) -> Results:
             names = sorted(e.name for e in client.search_experiments())
             raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}; "
                               f"valid: {', '.join(names) or 'none'}")
-        runs = _search_all(client, exp.experiment_id, "tags.`rethink.role` = 'trial'")
-        parents = _search_all(client, exp.experiment_id, "tags.`rethink.role` = 'sweep'")
+        runs = _search_all(client, exp.experiment_id, f"tags.`{ROLE}` = 'trial'")
+        parents = _search_all(client, exp.experiment_id, f"tags.`{ROLE}` = 'sweep'")
     except MlflowException as e:
         raise ReportError(f"cannot read MLflow at {tracking_uri}: {str(e).splitlines()[0]}") from None
     except OSError as e:
@@ -163,17 +159,17 @@ def load_mlflow(tracking_uri: str, experiment: str) -> Results:
 
     records, planned = [], []
     for run in runs:
-        tid = run.data.tags.get("rethink.trial_id", run.info.run_id)
+        tid = run.data.tags.get(TRIAL_ID, run.info.run_id)
         flat = {k: _param(v) for k, v in run.data.params.items()}
         planned.append({"trial_id": tid, "run_name": run.info.run_name, "flat": flat})
         by_epoch: dict[int, dict[str, Any]] = {}
-        for key in MLFLOW_METRICS:
+        for key in METRIC_KEYS:
             if key not in run.data.metrics:
                 continue
             for m in client.get_metric_history(run.info.run_id, key):
                 by_epoch.setdefault(int(m.step), {})[key] = m.value
         last = max(by_epoch) if by_epoch else None
-        # steps_to_fit is logged once, as a summary metric; it belongs on the trial's last row.
+        # Runs logged before steps_to_fit was an epoch metric have it once, as a summary metric.
         if last is not None and "steps_to_fit" not in by_epoch[last] and "summary.steps_to_fit" in run.data.metrics:
             by_epoch[last]["steps_to_fit"] = run.data.metrics["summary.steps_to_fit"]
         for epoch in sorted(by_epoch):
@@ -223,7 +219,7 @@ def find_parent_run(tracking_uri: str, experiment: str) -> str | None:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], "tags.`rethink.role` = 'sweep'", max_results=1,
+    runs = client.search_runs([exp.experiment_id], f"tags.`{ROLE}` = 'sweep'", max_results=1,
                               order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
 

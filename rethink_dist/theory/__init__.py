@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Mapping
+
+from rethink_dist.config import TrialConfig
+from rethink_dist.errors import ConfigError
 
 EXPRESSIVITY_DEFAULTS: dict[str, Any] = {
     "n": None,  # samples (required without a dataset; with one: default all training samples)
@@ -51,8 +55,6 @@ KERNEL_DEFAULTS: dict[str, Any] = {
 
 
 def _config_error(msg: str) -> Exception:
-    from rethink_dist.config import ConfigError
-
     return ConfigError(msg)
 
 
@@ -92,10 +94,6 @@ def _choice(p: dict, key: str, valid: tuple) -> None:
 
 def _dataset_config(p: dict, corruption: dict | None = None):
     """Validate dataset (+ corruption) through the trial config, the one place those rules live."""
-    from pathlib import Path
-
-    from rethink_dist.config import TrialConfig
-
     root = p["data_root"]
     if root and "://" not in root and not Path(root).exists():
         raise _config_error(f"data_root {root!r} does not exist")

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rethink_dist.data import DataError
+from rethink_dist.errors import DataError
 
 KNOT = 0.25  # where b_i sits between z_{i-1} and z_i (a fraction of the gap)
 A_METHODS = ("auto", "spaced", "random")

@@ -1,0 +1,418 @@
+"""The driver of a sweep: Ray Tune runs the plan's trials; every report becomes Parquet rows and
+MLflow metrics here, in one place.
+
+``run_sweep`` writes ``sweep.json`` (the plan), opens the sweep's MLflow experiment and parent run,
+connects to Ray and runs the trials with :func:`rethink_dist.sweep.worker.trainable`. Each trial
+reports its epochs with a checkpoint; the :class:`ResultsWriter` callback writes them to the
+Parquet table and to the trial's MLflow child run as they arrive, and, when a trial ends (or the
+sweep stops), rewrites the trial's rows from its checkpoint's history: nothing lost, nothing
+doubled. ``--resume`` restores an interrupted experiment and runs only what is unfinished.
+Results: docs/results-format.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rethink_dist.errors import SweepError
+from rethink_dist.files import write_json_atomic
+from rethink_dist.parquet import ResultsTable
+from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, finite_numbers, summarize
+from rethink_dist.sweep.plan import KINDS, Sweep, TrialSpec
+from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
+from rethink_dist.tracking import TrialRun, default_tracking_uri, ensure_experiment, ensure_parent_run, finish_run
+
+DEFAULT_STORAGE = "results"
+MAX_FAILURES = 5  # retries of one trial (a lost spot node counts as one); -1: unlimited
+
+
+def connect_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join the cluster this node belongs to (under ``ray submit``), the given address, or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address in (None, "", "auto"):
+        # Under `ray submit` / `ray job submit` this node belongs to a cluster: join it.
+        if address == "auto" or Path(tempfile.gettempdir(), "ray", "ray_current_cluster").exists():
+            try:
+                ray.init(address="auto", log_to_driver=True)
+                return
+            except (ConnectionError, RuntimeError):
+                if address == "auto":
+                    raise
+        address = "local"
+    if address == "local":
+        # address="local" starts a new instance even where another Ray runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(address=address, log_to_driver=True)
+
+
+def storage_paths(storage: str, sweep: str) -> tuple[str, Path | None]:
+    """(Tune storage_path, local folder for sweep.json / trials.parquet or None when remote)."""
+    if "://" in storage:
+        return f"{storage.rstrip('/')}/{sweep}", None
+    folder = Path(storage).resolve() / sweep
+    return str(folder), folder
+
+
+def can_restore(path: str) -> bool:
+    """Whether ``path`` holds a Tune experiment that ``--resume`` can continue."""
+    from ray import tune
+
+    try:
+        return tune.Tuner.can_restore(path)
+    except Exception:
+        return False
+
+
+def _trial_name(trial) -> str:
+    spec = trial.config.get("spec", {})
+    return spec.get("trial_id", trial.trial_id)
+
+
+def _trial_resources(config: dict[str, Any]) -> dict[str, float]:
+    return TrialSpec(**config["spec"]).resources()
+
+
+def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | None = None, resume: bool = False,
+              max_concurrent: int | None = None, ray_address: str | None = None, num_cpus: int | None = None,
+              results_dir: str | None = None, verbose: int = 1, max_failures: int = MAX_FAILURES,
+              report_seconds: float = REPORT_SECONDS) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns {"results_dir", "parquet", "tracking_uri", "summary": [rows], ...}."""
+    # The classic live trial table, with the columns a researcher watches (set before Tune loads).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpointing every epoch is the point (exact resume); Tune's advice against it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from ray import tune
+
+    tune_storage, folder = storage_paths(storage, sweep.name)
+    if folder is None:
+        if results_dir is None:
+            raise SweepError(f"storage {storage!r} is remote: pass --results-dir for sweep.json and trials.parquet")
+        folder = Path(results_dir).resolve() / sweep.name
+    tune_dir = f"{tune_storage}/tune"
+    exists = can_restore(tune_dir)
+    if resume and not exists:
+        raise SweepError(f"--resume: no interrupted sweep at {tune_dir!r}; run without --resume to start it")
+    if not resume and exists:
+        raise SweepError(f"sweep {sweep.name!r} already has results at {tune_dir!r}; pass --resume to continue it, "
+                         "or choose another --storage")
+    folder.mkdir(parents=True, exist_ok=True)
+    tracking_uri = tracking_uri or default_tracking_uri(storage)
+    plan = {"sweep": sweep.name, "file": sweep.path, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "tracking_uri": tracking_uri, "storage": tune_storage,
+            "trials": [{**s.to_dict(), "flat": s.flat()} for s in sweep.trials]}
+    plan_path = folder / "sweep.json"
+    if resume and plan_path.exists():
+        old = json.loads(plan_path.read_text())
+        if [t["trial_id"] for t in old["trials"]] != [s.trial_id for s in sweep.trials]:
+            raise SweepError(f"--resume: the trials of {sweep.path!r} changed since the sweep started; "
+                             "Tune cannot change a running sweep's grid: start a new sweep (another --storage)")
+    else:
+        write_json_atomic(plan_path, plan, indent=1)
+
+    experiment_id = ensure_experiment(tracking_uri, sweep.name)
+    parent = ensure_parent_run(tracking_uri, experiment_id, sweep.name,
+                               {"sweep_file": sweep.path, "num_trials": len(sweep.trials), "storage": tune_storage})
+    tracking = {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent,
+                "sweep": sweep.name}
+    table = ResultsTable(folder / "trials.parquet")
+    writer = ResultsWriter(table, tracking, sweep.name, {s.trial_id: s.to_dict() for s in sweep.trials},
+                           {s.trial_id: s.flat() for s in sweep.trials})
+
+    connect_ray(ray_address, num_cpus)
+    fn = tune.with_resources(trainable, _trial_resources)
+    run_config = tune.RunConfig(
+        name="tune", storage_path=tune_storage,
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[writer.as_tune_callback()], verbose=verbose,
+        progress_reporter=tune.CLIReporter(
+            metric_columns={"epoch": "epoch", "train_acc": "train acc", "test_acc": "test acc",
+                            "steps_to_fit": "fitted at step", "images_per_s": "img/s"},
+            parameter_columns={"spec/run_name": "run"}, max_report_frequency=20, print_intermediate_tables=True,
+        ),
+    )
+    status = "FINISHED"
+    errors = unfinished = 0
+    try:
+        # On --resume, Tune unpickles the callback it saved: inside live() that copy is this writer.
+        with table.live(), writer.live():
+            if resume:
+                tuner = tune.Tuner.restore(tune_dir, fn, resume_unfinished=True, resume_errored=True)
+            else:
+                param_space = {"spec": tune.grid_search([s.to_dict() for s in sweep.trials]),
+                               "ctx": {"report_seconds": report_seconds}}
+                # A trial's actor (its process, with torch imported) runs the next trial that asks
+                # for the same resources instead of a fresh process per trial.
+                tuner = tune.Tuner(
+                    fn, param_space=param_space, run_config=run_config,
+                    tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                )
+            grid = tuner.fit()  # returns normally after a Ctrl-C too: then some trials are unfinished
+            for result in grid:
+                tid = ((result.config or {}).get("spec") or {}).get("trial_id")
+                done = result.error is None and bool((result.metrics or {}).get("done_training"))
+                errors += result.error is not None
+                unfinished += result.error is None and not done
+                writer.reconcile(tid, result.checkpoint, finished=done,
+                                 status="FINISHED" if done else "FAILED" if result.error is not None else "KILLED")
+        status = "FAILED" if errors else "KILLED" if unfinished else "FINISHED"
+    except BaseException:
+        status = "KILLED"
+        raise
+    finally:
+        table.flush()
+        writer.flush()
+        finish_run(tracking_uri, parent, status)
+    summary = [rows[-1] for rows in (table.trial_rows(s.trial_id) for s in sweep.trials) if rows]
+    return {"results_dir": str(folder), "parquet": str(folder / "trials.parquet"), "tracking_uri": tracking_uri,
+            "experiment": sweep.name, "summary": summary, "errors": errors, "unfinished": unfinished,
+            "planned": len(sweep.trials)}
+
+
+def run_one_trial(spec: TrialSpec, tracking_uri: str | None = None, experiment: str = "train",
+                  max_failures: int = MAX_FAILURES) -> dict[str, Any]:
+    """Run one trial (e.g. a data-parallel one from ``rethink-dist train``) on a local Ray through the
+    sweep's trainable, with its MLflow run when ``tracking_uri`` is given; returns
+    ``{"history", "saved", "error"}`` read from its last checkpoint (``saved``: its summary.json)."""
+    import math
+    import shutil
+
+    from ray import tune
+
+    res = spec.config.get("resources", {})
+    # A local Ray gets enough logical CPUs for the workers and the trial's 0.1 CPU.
+    need = math.ceil(res.get("ddp_workers", 0) * res.get("cpus", 1.0) + 1)
+    connect_ray(None, max(os.cpu_count() or 1, need))
+    tracking = None
+    if tracking_uri:
+        tracking = {"tracking_uri": tracking_uri, "experiment_id": ensure_experiment(tracking_uri, experiment),
+                    "parent_run_id": None, "sweep": experiment}
+    writer = ResultsWriter(None, tracking, experiment, {spec.trial_id: spec.to_dict()}, {spec.trial_id: spec.flat()})
+    storage = tempfile.mkdtemp(prefix="rethink-trial-")
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, _trial_resources),
+            param_space={"spec": spec.to_dict(), "ctx": {"report_seconds": REPORT_SECONDS}},
+            run_config=tune.RunConfig(name="train", storage_path=storage, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                      callbacks=[writer.as_tune_callback()]),
+        )
+        result = tuner.fit()[0]
+        writer.reconcile(spec.trial_id, result.checkpoint, finished=result.error is None,
+                         status="FINISHED" if result.error is None else "FAILED")
+        error = None
+        if result.error is not None or result.checkpoint is None:
+            error = str(result.error).splitlines()[0] if result.error else "no checkpoint"
+        return {"error": error, "history": read_checkpoint_json(result.checkpoint, "history.json"),
+                "saved": read_checkpoint_json(result.checkpoint, "summary.json")}
+    finally:
+        writer.flush()
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Every report -> Parquet and MLflow
+# ------------------------------------------------------------------------------------------
+_LIVE: dict[str, "ResultsWriter"] = {}  # the writer of a running sweep, by its key (see live())
+
+
+class ResultsWriter:
+    """Driver side: each reported epoch goes into the Parquet table (``table``, if any) and the trial's
+    MLflow run (``tracking``, if any) as it arrives; a trial's end rewrites both from its checkpoint."""
+
+    def __init__(self, table: ResultsTable | None, tracking: dict[str, Any] | None, sweep: str,
+                 specs: dict[str, dict[str, Any]], flats: dict[str, dict[str, Any]]):
+        self.table, self.tracking, self.sweep, self.specs, self.flats = table, tracking, sweep, specs, flats
+        self.key = str(table.path.resolve()) if table is not None else None
+        self.runs: dict[str, TrialRun] = {}
+        self.last: dict[str, dict[str, Any]] = {}  # each trial's last reported result
+        self.closed: set[str] = set()  # trials whose MLflow run has its final status
+
+    # Tune pickles its callbacks with the experiment state and unpickles them on --resume. Unpickled
+    # while this sweep's writer is live, the copy is that writer (one state: its MLflow runs, what
+    # they have logged); otherwise a fresh writer of the same sweep.
+    def __getstate__(self) -> dict[str, Any]:
+        self.flush()
+        return {"args": (self.table, self.tracking, self.sweep, self.specs, self.flats), "key": self.key}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        live = _LIVE.get(state["key"]) if state["key"] else None
+        if live is not None:
+            self.__dict__ = live.__dict__
+        else:
+            self.__init__(*state["args"])
+
+    def live(self):
+        """While inside, copies of this writer unpickled in this process share its state."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            if self.key is not None:
+                _LIVE[self.key] = self
+            try:
+                yield self
+            finally:
+                self.flush()
+                if self.key is not None:
+                    _LIVE.pop(self.key, None)
+
+        return scope()
+
+    # ------------------------------------------------------------------ MLflow
+    def _run(self, tid: str) -> TrialRun | None:
+        if self.tracking is None:
+            return None
+        if tid not in self.runs:
+            t = self.tracking
+            run = TrialRun(t["tracking_uri"], t["experiment_id"], tid, self.specs[tid]["run_name"],
+                           t.get("parent_run_id"), t.get("sweep", ""))
+            run.log_params(self.flats[tid])
+            self.runs[tid] = run
+        return self.runs[tid]
+
+    def flush(self) -> None:
+        for run in self.runs.values():
+            run.flush()
+
+    # ------------------------------------------------------------------ Tune's events
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = trial.config.get("spec", {}).get("trial_id")  # result["trial_id"] is Tune's own id
+        if tid not in self.specs:
+            return
+        records = result.get("records") or [result]  # a report carries one epoch or several
+        self.last[tid] = records[-1]
+        run = self._run(tid)
+        if run is not None and result.get("meta"):
+            run.log_meta(result["meta"])
+        for epoch in records:
+            if self.table is not None:
+                record = {k: epoch[k] for k in RECORD_KEYS if k in epoch}
+                record["finished"] = False
+                self.table.add(self._row(tid, record))
+            if run is not None:
+                run.log_epoch(epoch)  # Tune holds the checkpoint that contains this epoch
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.reconcile(trial.config.get("spec", {}).get("trial_id"), trial.checkpoint, finished=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._error(trial, final=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._error(trial, final=True)
+
+    def _error(self, trial, final: bool) -> None:
+        tid = trial.config.get("spec", {}).get("trial_id")
+        run = self._run(tid) if tid in self.specs else None
+        if run is None:
+            return
+        run.flush()
+        error = ""
+        try:
+            error = str(trial.get_error() or "")
+        except Exception:  # the error file may be unreadable; the tag says so
+            error = "(the trial's error text could not be read)"
+        run.set_tags({LAST_ERROR: error[-4000:] or "unknown error"})
+        if final:
+            self.reconcile(tid, trial.checkpoint, finished=False, status="FAILED")
+
+    def reconcile(self, tid: str | None, checkpoint, finished: bool, status: str = "FINISHED") -> None:
+        """Rewrite a trial's rows from its checkpoint's history (nothing lost, nothing doubled), give
+        its MLflow run every epoch it lacks, and, once, its summary and final status."""
+        if tid not in self.specs:
+            return
+        rows = self.table.trial_rows(tid) if self.table is not None else []
+        history = _read_history(checkpoint, tid)
+        if history is not None:
+            known = {int(r["epoch"]): r for r in rows}
+            rows = []
+            for rec in history:
+                kept = {k: v for k, v in known.get(int(rec["epoch"]), {}).items() if k in PLACEMENT_KEYS}
+                rows.append(self._row(tid, {**{k: v for k, v in rec.items() if k in RECORD_KEYS}, **kept}))
+        if rows and self.table is not None:
+            for r in rows:
+                r["finished"] = False
+            rows[-1]["finished"] = finished
+            self.table.replace_trial(tid, rows)
+        run = self._run(tid)
+        if run is None or tid in self.closed:
+            return
+        run.sync_history(history or [])
+        if finished:
+            theory = KINDS[self.specs[tid]["kind"]].theory
+            last = self.last.get(tid) or (rows[-1] if rows else {})
+            run.finish(finite_numbers(last, last) if theory else summarize(history or rows), status)
+        else:
+            run.finish({}, status)
+        self.closed.add(tid)
+
+    def _row(self, tid: str, record: dict[str, Any]) -> dict[str, Any]:
+        spec = self.specs[tid]
+        row = {"trial_id": tid, "sweep": self.sweep, "run_name": spec["run_name"], "kind": spec["kind"]}
+        row.update(record)
+        row.update(self.flats[tid])
+        return row
+
+    def on_experiment_end(self, trials, **info):
+        if self.table is not None:
+            self.table.flush()
+        self.flush()
+
+    def as_tune_callback(self):
+        """This writer as a ray.tune.Callback (built here so importing this module needs no Ray)."""
+        from ray.tune import Callback
+
+        writer = self
+
+        class _Callback(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                writer.on_trial_result(iteration, trials, trial, result, **info)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                writer.on_trial_complete(iteration, trials, trial, **info)
+
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                writer.on_trial_recover(iteration, trials, trial, **info)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                writer.on_trial_error(iteration, trials, trial, **info)
+
+            def on_experiment_end(self, trials, **info):
+                writer.on_experiment_end(trials, **info)
+
+        return _Callback()
+
+
+def read_checkpoint_json(checkpoint: Any, name: str) -> Any:
+    """A JSON file of a Ray checkpoint (local or in a bucket), read without fetching state.pt; None if absent."""
+    if checkpoint is None:
+        return None
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
+            return json.loads(f.read().decode())
+    except FileNotFoundError:
+        return None
+
+
+def _read_history(checkpoint, tid: str) -> list[dict[str, Any]] | None:
+    """The epoch records of a trial's checkpoint (``history.json``), or None."""
+    try:
+        return read_checkpoint_json(checkpoint, "history.json")
+    except Exception as e:  # keep the rows we have; say so
+        print(f"rethink-dist: could not read the checkpoint of {tid}: {e}", file=sys.stderr)
+        return None

@@ -1,0 +1,96 @@
+"""The code that runs on Ray's workers: one Tune trial of any kind, reporting to the driver.
+
+A network trial runs the project's one loop (:func:`rethink_dist.train.run`) with a
+:class:`TuneReporter` sink: its epochs go to Tune with a checkpoint (model, optimiser, epoch, step,
+history) at most every ``report_seconds``, and it continues from the last checkpoint after a
+failure. A data-parallel trial hands itself to :mod:`rethink_dist.sweep.ddp`; a theory trial runs
+its construction and reports one record. Nothing here writes results: the driver
+(:mod:`rethink_dist.sweep.driver`) turns every report into Parquet rows and MLflow metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import time
+from typing import Any
+
+from rethink_dist.metrics import Sink
+from rethink_dist.sweep.plan import KINDS
+
+# A trial sends its epochs to Tune, each send with a checkpoint, at most this often: every epoch
+# when epochs are longer, several per send when they are short. A send is a round trip to the
+# driver (the trial waits for it) plus a checkpoint: for a small model it costs more than an
+# epoch (docs/speed.md). A failure loses at most this much training, redone identically.
+REPORT_SECONDS = 1.0
+
+
+class TuneReporter(Sink):
+    """Hands a trial's epochs to Tune with a checkpoint of the trial, at most every ``report_seconds``
+    (and always with the last epoch). The first report also carries the trial's facts (``meta``)."""
+
+    def __init__(self, trial: Any, report_seconds: float, placement: dict[str, Any]):
+        self.trial, self.report_seconds, self.placement = trial, report_seconds, placement
+        self.pending: list[dict[str, Any]] = []
+        self.meta: dict[str, Any] | None = None
+        self.last_report = time.monotonic()
+
+    def start(self, config: Any, meta: dict[str, Any]) -> None:
+        self.meta = dict(meta)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        from ray import tune
+
+        from rethink_dist.train import save_checkpoint
+
+        self.pending.append({**record, **self.placement})
+        if not self.trial.done and time.monotonic() - self.last_report < self.report_seconds:
+            return
+        result = {**self.pending[-1], "done_training": self.trial.done, "records": self.pending}
+        if self.meta is not None:
+            result["meta"], self.meta = self.meta, None
+        with tempfile.TemporaryDirectory(prefix="rethink-ckpt-") as d:
+            save_checkpoint(self.trial, d)
+            # The last epoch's metrics for Tune's table; every epoch of the send in "records".
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+        self.pending, self.last_report = [], time.monotonic()
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """Tune function trainable: ``config`` is ``{"spec": TrialSpec.to_dict(), "ctx": {"report_seconds"}}``."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per checkpoint
+    spec, ctx = config["spec"], config["ctx"]
+    if KINDS[spec["kind"]].theory:
+        return _theory_trial(spec)
+    if spec["config"].get("resources", {}).get("ddp_workers"):
+        from rethink_dist.sweep.ddp import run_ddp_trial  # torch.distributed: only in data-parallel trials
+
+        return run_ddp_trial(spec)
+    return _network_trial(spec, float(ctx.get("report_seconds", REPORT_SECONDS)))
+
+
+def _network_trial(spec: dict[str, Any], report_seconds: float) -> None:
+    import ray
+    from ray import tune
+
+    from rethink_dist.config import TrialConfig
+    from rethink_dist.train import Trial, load_checkpoint, run  # torch: only in the trial's process
+
+    trial = Trial(TrialConfig.from_dict(spec["config"]))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            load_checkpoint(trial, d)
+    placement = {"labels_fingerprint": trial.meta.get("labels_fingerprint", ""), "node": socket.gethostname(),
+                 "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    run(trial, [TuneReporter(trial, report_seconds, placement)])
+
+
+def _theory_trial(spec: dict[str, Any]) -> None:
+    from ray import tune
+
+    result = KINDS[spec["kind"]].run(spec["config"])
+    record = {"epoch": 1, **{k: v for k, v in result.items() if isinstance(v, (int, float, bool)) or v is None}}
+    tune.report({**record, "done_training": True, "meta": {}})
