@@ -18,13 +18,14 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Mapping
 
 from rethink_dist import protocol
 from rethink_dist.errors import ConfigError
 from rethink_dist.protocol import DATASETS, MODELS, paper_lr
 
-__all__ = ["ConfigError", "TrialConfig", "imagenet_trial", "run_name"]
+__all__ = ["ConfigError", "ExpressivityConfig", "KernelConfig", "TrialConfig", "imagenet_trial", "run_name"]
 
 # The randomization tests' corruptions (implemented in rethink_dist.corruption).
 CORRUPTION_KINDS = ("none", "labels", "shuffled_pixels", "random_pixels", "gaussian")
@@ -243,6 +244,136 @@ class TrialConfig:
         _choice("precision", self.precision, PRECISIONS)
 
 
+# ---------------------------------------------------------------------------------- theory trials
+THEORY_DTYPES = ("float32", "float64")
+KERNELS = ("linear", "rbf")
+KERNEL_FEATURES = ("raw", "random_conv")
+EXPRESSIVITY_TARGETS = ("gaussian", "labels")
+EXPRESSIVITY_A = ("auto", "spaced", "random")  # rethink_dist.theory.expressivity explains each
+
+
+class _TheoryOptions:
+    """A theory trial's options (the ``rethink-dist expressivity`` / ``kernel`` flags): read by the
+    same strict reader as TrialConfig; a None value means the default."""
+
+    KIND = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{cls.KIND} params must be a dict, got {type(d).__name__}")
+        valid = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown {cls.KIND} option(s) {unknown}; valid: {', '.join(valid)}")
+        cfg = _from_dict(cls, {k: v for k, v in d.items() if v is not None}, "")
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def _data_config(self, corruption: dict[str, Any] | None = None) -> TrialConfig:
+        """The data (and corruption) checked by TrialConfig, the one place those rules live."""
+        root = getattr(self, "data_root")
+        if root and "://" not in root and not Path(root).exists():
+            raise ConfigError(f"data_root {root!r} does not exist")
+        d: dict[str, Any] = {"data": {"name": getattr(self, "dataset"), "root": root,
+                                      "max_train": getattr(self, "max_train", None)}}
+        if corruption:
+            d["corruption"] = corruption
+        return TrialConfig.from_dict(d)
+
+
+@dataclass(frozen=True)
+class ExpressivityConfig(_TheoryOptions):
+    """Section 4's construction: a depth-2 ReLU network of 2n + d weights that fits n samples."""
+
+    KIND = "expressivity"
+    n: int | None = None  # samples (required without a dataset; with one: default all training samples)
+    d: int | None = None  # dimension (required without a dataset; with one it is the image size)
+    seed: int = 0  # the data, the targets and the random direction a
+    dtype: str = "float64"  # of the samples, the targets and the network
+    targets: str = "gaussian"  # gaussian: N(0, 1) | labels: class labels (2 classes: +-1; more: one-hot)
+    num_classes: int | None = None  # labels without a dataset (default 2); with one: the dataset's
+    dataset: str | None = None  # None: Gaussian samples N(0, I_d); else the first n training images / 255
+    data_root: str | None = None
+    a: str = "auto"  # auto | spaced | random
+
+    def validate(self) -> None:
+        _at_least("n", self.n, 1)
+        _at_least("d", self.d, 1)
+        _at_least("seed", self.seed, 0)
+        _at_least("num_classes", self.num_classes, 2)
+        _choice("dtype", self.dtype, THEORY_DTYPES)
+        _choice("targets", self.targets, EXPRESSIVITY_TARGETS)
+        _choice("a", self.a, EXPRESSIVITY_A)
+        if self.dataset is None:
+            for key in ("n", "d"):
+                if getattr(self, key) is None:
+                    raise ConfigError(f"{key} is required without a dataset (Gaussian samples in d dimensions)")
+        else:
+            self._data_config()
+
+
+@dataclass(frozen=True)
+class KernelConfig(_TheoryOptions):
+    """Section 5: the minimum-norm (or ridge) kernel interpolant on a data set's pixels or features."""
+
+    KIND = "kernel"
+    dataset: str = "digits"
+    data_root: str | None = None
+    kernel: str = "rbf"  # linear | rbf
+    gamma: float | None = None  # rbf width; None: 1 / (D * Var(features)) (scikit-learn's 'scale')
+    features: str = "raw"  # raw (pixels / 255) | random_conv
+    num_filters: int = 256  # random_conv: filters of the random convolutional layer
+    filter_size: int = 5
+    pool: int = 2  # random_conv: average-pool each filter map to pool x pool
+    ridge: float = 0.0  # l2 regularization lambda; 0: the minimum-norm interpolant
+    max_train: int | None = None  # use only the first N training samples
+    corruption: str = "none"  # the randomization tests' corruptions (rethink_dist.corruption)
+    level: float = 0.0  # label-corruption probability (corruption=labels)
+    corruption_seed: int = 0
+    # More label-corruption levels solved with the same factorization of K (labels change Y, not K):
+    # each adds a result under "also_levels" (train/test error, norm). Needs corruption none or labels.
+    also_levels: tuple[float, ...] | None = None
+    dtype: str = "float64"  # float32 | float64
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda
+    memory_gb: float | None = None  # budget for K, features and blocks; None: 80% of the free memory
+    block_size: int | None = None  # Gram rows per block; None: from the budget
+    seed: int = 0  # the random filters
+
+    def validate(self) -> None:
+        _choice("kernel", self.kernel, KERNELS)
+        _choice("features", self.features, KERNEL_FEATURES)
+        _choice("dtype", self.dtype, THEORY_DTYPES)
+        _choice("device", self.device, DEVICES)
+        for key in ("gamma", "memory_gb"):
+            if getattr(self, key) is not None:
+                _positive(key, getattr(self, key))
+        for key in ("ridge", "level"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                raise ConfigError(f"{key} must be a finite number >= 0, got {getattr(self, key)!r}")
+        for key, lo in (("num_filters", 1), ("filter_size", 1), ("pool", 1), ("max_train", 1), ("block_size", 1),
+                        ("seed", 0), ("corruption_seed", 0)):
+            _at_least(key, getattr(self, key), lo)
+        levels = self.also_levels
+        if levels is not None:
+            if not levels or not all(0.0 <= v <= 1.0 for v in levels):
+                raise ConfigError(f"also_levels={list(levels)!r} is not valid; valid: a list of label-corruption "
+                                  "levels in [0, 1]")
+            if self.corruption not in ("none", "labels"):
+                raise ConfigError(f"also_levels needs corruption 'none' or 'labels' (a pixel corruption changes K), "
+                                  f"not {self.corruption!r}")
+        if self.gamma is not None and self.kernel != "rbf":
+            raise ConfigError(f"gamma={self.gamma} only applies to kernel='rbf', not {self.kernel!r}")
+        self.data_config()
+
+    def data_config(self) -> TrialConfig:
+        """The data and corruption of the solve, as a checked TrialConfig."""
+        return self._data_config({"kind": self.corruption, "level": self.level, "seed": self.corruption_seed})
+
+
 def run_name(cfg: TrialConfig, optim: OptimConfig | None = None) -> str:
     """A readable name: ``digits_labels0.8_mlp_1x512_lr0.01_wd0_aug0_s0``."""
     optim = optim or cfg.optim
@@ -272,6 +403,11 @@ def _in_range(name: str, v: float, lo: float, hi: float, lo_open: bool = False, 
         raise ConfigError(f"{name}={v} is out of range; valid: {interval}")
 
 
+def _at_least(name: str, v: int | None, lo: int) -> None:
+    if v is not None and v < lo:
+        raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
 def _positive(name: str, v: float) -> None:
     if not (math.isfinite(v) and v > 0):
         raise ConfigError(f"{name} must be > 0, got {v}")
@@ -296,6 +432,10 @@ def _type_ok(value: Any, annotation: str) -> tuple[bool, Any]:
         return isinstance(value, str), value
     if base.startswith("Mapping"):
         return isinstance(value, Mapping), dict(value) if isinstance(value, Mapping) else value
+    if base == "tuple[float,...]":
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        return ok, tuple(float(v) for v in value) if ok else value
     raise AssertionError(f"unhandled annotation {annotation}")
 
 

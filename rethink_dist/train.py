@@ -106,12 +106,11 @@ _FREED_MEMORY_KEPT = False
 def keep_freed_memory() -> None:
     """Let glibc keep freed blocks of up to 32 MiB for reuse instead of returning them to the OS.
 
-    On the CPU every training step allocates and frees activations and gradients of a few MiB to
-    a few tens of MiB. By default glibc maps such blocks fresh from the OS and unmaps them when
-    freed, so each step pays a page fault per 4 KiB touched: 14,000 per step of the small AlexNet
-    at batch 128, about a tenth of its step time. Raising the mmap and trim thresholds keeps the
-    memory in the heap (the process keeps its peak footprint). A no-op where glibc is not the C
-    library; once per process.
+    Why our own call and not a library's: torch's CPU allocator has no caching option, and each
+    training step allocates and frees activations of a few MiB that glibc would otherwise map and
+    unmap every step, paying a page fault per 4 KiB (docs/speed.md measures it). Raising the mmap
+    and trim thresholds keeps the memory in the heap (the process keeps its peak footprint). A
+    no-op where glibc is not the C library; once per process.
     """
     global _FREED_MEMORY_KEPT
     if _FREED_MEMORY_KEPT:
@@ -157,22 +156,22 @@ class Trial:
             cfg.model.name, loader.input_shape, self.num_classes,
             dropout=cfg.reg.dropout, batch_norm=cfg.reg.batch_norm, **dict(cfg.model.kwargs),
         ).to(self.device)
-        # Convolutions in channels-last layout, on the CPU (oneDNN) as on the GPU: on 2 CPU cores the
-        # small AlexNet and Inception train about 1.2-2x and evaluate 1.5-2x faster (bench/train.py).
-        # Models without convolutions keep the plain layout (their Flatten would copy).
+        # Convolutions in channels-last layout, on the CPU (oneDNN) as on the GPU: faster for the conv
+        # nets (bench/train.py, docs/speed.md). Models without convolutions keep the plain layout
+        # (their Flatten would copy).
         has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in self.model.modules())
         self.channels_last = has_conv and len(loader.input_shape) == 3
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if not has_conv and owns_loader and hasattr(loader, "eval_batch_size"):
-            # Without convolutions activations are small: larger evaluation batches make larger
-            # matrix products (mlp_1x512 on 2 CPU cores: about 1.3x the images/s of 1024).
+            # Without convolutions activations are small: larger evaluation batches make larger,
+            # faster matrix products (docs/speed.md).
             loader.eval_batch_size = max(loader.eval_batch_size, 4096)
         # Weight decay on weights only, not on biases or normalisation parameters.
         decay = [p for p in self.model.parameters() if p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
-        # The fused update (one kernel over all parameters) where the device has one: on 2 CPU
-        # cores it takes the optimiser step of MLP 1x512 from 0.66 to 0.42 ms (bench/train.py).
+        # The fused update (one kernel over all parameters) where the device has one: a faster
+        # optimiser step (bench/train.py, docs/speed.md).
         self.optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": cfg.reg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.optim.lr, momentum=cfg.optim.momentum, fused=self.device.type in ("cpu", "cuda") or None,

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-KERNELS = ("linear", "rbf")
-FEATURES = ("raw", "random_conv")
+from rethink_dist.config import KERNELS
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
