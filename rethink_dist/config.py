@@ -13,6 +13,8 @@ in docs/protocol.md. "Time to overfit" is the first step at which the training a
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -25,7 +27,23 @@ from rethink_dist import protocol
 from rethink_dist.errors import ConfigError
 from rethink_dist.protocol import DATASETS, MODELS, paper_lr
 
-__all__ = ["ConfigError", "ExpressivityConfig", "KernelConfig", "TrialConfig", "imagenet_trial", "run_name"]
+_DEFER_CHECKS = contextvars.ContextVar("rethink_defer_checks", default=False)
+
+
+@contextlib.contextmanager
+def deferred_checks():
+    """While inside, ``TrialConfig.from_dict`` and ``replace`` check keys and types but leave the value
+    checks to the caller: a sweep file's trials are checked one by one afterwards, so that an error
+    names the trial (its index and run name), whichever way the file built it."""
+    token = _DEFER_CHECKS.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_CHECKS.reset(token)
+
+
+__all__ = ["ConfigError", "ExpressivityConfig", "KernelConfig", "TrialConfig", "deferred_checks", "imagenet_trial",
+           "run_name"]
 
 # The randomization tests' corruptions (implemented in rethink_dist.corruption).
 CORRUPTION_KINDS = ("none", "labels", "shuffled_pixels", "random_pixels", "gaussian")
@@ -109,7 +127,8 @@ class TrialConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialConfig":
         """Build and validate a config from a nested dict; unknown keys and bad values are refused."""
         cfg = _from_dict(cls, d, "")
-        cfg.validate()
+        if not _DEFER_CHECKS.get():
+            cfg.validate()
         return cfg
 
     def replace(self, **changes: Any) -> "TrialConfig":
@@ -178,6 +197,12 @@ class TrialConfig:
             raise ConfigError("data.loader='ffcv' needs data.beton_dir (the folder with train.beton and test.beton)")
         if self.data.image_size is not None and self.data.image_size < 1:
             raise ConfigError(f"data.image_size must be >= 1, got {self.data.image_size}")
+        if self.data.image_size is not None and info.image_shape is not None:
+            side = min(info.image_shape[:2])
+            if self.data.image_size > side:
+                raise ConfigError(f"data.image_size={self.data.image_size} is larger than the "
+                                  f"{info.image_shape[0]}x{info.image_shape[1]} images of {self.data.name!r}; "
+                                  f"valid: 1..{side}")
         if self.data.channels is not None:
             stored = info.stored_channels
             if self.data.channels < 1 or (stored != 1 and self.data.channels != stored):

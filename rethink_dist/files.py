@@ -28,3 +28,32 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
     text = json.dumps(obj, indent=indent, default=str, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
+    """Fail now, before any work, when ``path`` (a file, or a ``folder``) cannot be written.
+
+    Tries a real file in the nearest folder that exists (and removes it), so read-only mounts,
+    pseudo file systems and missing permissions are all found. Raises UsageError naming the flag,
+    the path and why; returns the path resolved.
+    """
+    import tempfile
+
+    from rethink_dist.errors import UsageError
+
+    p = Path(path).expanduser().resolve()
+    if p.exists() and p.is_dir() != folder:
+        raise UsageError(f"{what} {str(path)!r} is {'a file' if folder else 'a folder'}; expected "
+                         f"{'a folder' if folder else 'a file name'}")
+    nearest = p if folder and p.exists() else p.parent
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise UsageError(f"{what} {str(path)!r} cannot be written: {str(nearest)!r} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as e:
+        raise UsageError(f"{what} {str(path)!r} cannot be written: creating a file in {str(nearest)!r} fails "
+                         f"({e.strerror or e})") from None
+    return p

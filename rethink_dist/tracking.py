@@ -63,20 +63,59 @@ def _retry(fn, *args, tries: int = 8, **kwargs):
             time.sleep(min(0.25 * 2 ** attempt, 5.0))
 
 
-def ensure_experiment(tracking_uri: str, name: str) -> str:
+# MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it is for
+# model training: then it opens on the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# How long the up-front check waits for a tracking server to answer (seconds).
+REACH_TIMEOUT_ENV, REACH_TIMEOUT_DEFAULT = "RETHINK_MLFLOW_TIMEOUT", 5.0
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """Fail at once (one line) when nothing answers at an http(s) tracking URI, or when a local
+    store's folder cannot be written: before a sweep writes anything or starts Ray."""
+    import urllib.error
+    import urllib.request
+
+    from rethink_dist.files import check_writable
+
+    if tracking_uri.startswith(("http://", "https://")):
+        timeout = float(os.environ.get(REACH_TIMEOUT_ENV, REACH_TIMEOUT_DEFAULT))
+        try:
+            urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            return  # something answers (maybe without /health, or behind a login): MLflow's client will tell
+        except (OSError, ValueError) as e:
+            why = getattr(e, "reason", None) or e
+            raise ConfigError(f"nothing answers at --tracking-uri {tracking_uri} within {timeout:g} s ({why}); start "
+                              f"the MLflow server or fix the URI (${REACH_TIMEOUT_ENV} sets the wait)") from None
+    elif tracking_uri.startswith("sqlite:///"):
+        check_writable(tracking_uri[len("sqlite:///"):], "--tracking-uri")
+
+
+def default_artifact_location(tracking_uri: str, storage: str, experiment: str) -> str | None:
+    """Artifacts beside a local store: ``<storage>/mlartifacts/<experiment>`` (a server decides its own)."""
+    if tracking_uri.startswith(("http://", "https://", "databricks")) or "://" in storage:
+        return None
+    return (Path(storage).resolve() / "mlartifacts" / experiment).as_uri()
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
+    """The experiment's id, created (with ``artifact_location``) if missing; tagged for the model-training UI."""
     client = _client(tracking_uri)
     exp = _retry(client.get_experiment_by_name, name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            _retry(client.restore_experiment, exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return _retry(client.create_experiment, name)
-    except Exception:  # created concurrently
-        exp = _retry(client.get_experiment_by_name, name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return _retry(client.create_experiment, name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+        except Exception:  # created concurrently
+            exp = _retry(client.get_experiment_by_name, name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        _retry(client.restore_experiment, exp.experiment_id)
+    for k, v in EXPERIMENT_KIND.items():
+        if exp.tags.get(k) != v:
+            _retry(client.set_experiment_tag, exp.experiment_id, k, v)
+    return exp.experiment_id
 
 
 def _find_run(client, experiment_id: str, tag: str, value: str):

@@ -100,6 +100,23 @@ def labels_fingerprint(labels) -> str:
     return hashlib.sha256(arr.data).hexdigest()[:16]
 
 
+def check_input_fits(model: nn.Module, cfg: TrialConfig, input_shape: tuple[int, ...], device: torch.device) -> None:
+    """One forward pass of a zero image, before training: data that does not fit the model (an image
+    smaller than the network's receptive field, wrong channels) is bad input, said in one line."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    except RuntimeError as e:
+        shape = "x".join(str(v) for v in input_shape)
+        raise ConfigError(f"model {cfg.model.name!r} cannot take the {shape} inputs of dataset {cfg.data.name!r} "
+                          f"(data.image_size={cfg.data.image_size}, data.channels={cfg.data.channels}): "
+                          f"{str(e).splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+
+
 _FREED_MEMORY_KEPT = False
 
 
@@ -159,6 +176,7 @@ class Trial:
         # Convolutions in channels-last layout, on the CPU (oneDNN) as on the GPU: faster for the conv
         # nets (bench/train.py, docs/speed.md). Models without convolutions keep the plain layout
         # (their Flatten would copy).
+        check_input_fits(self.model, cfg, loader.input_shape, self.device)
         has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in self.model.modules())
         self.channels_last = has_conv and len(loader.input_shape) == 3
         if self.channels_last:

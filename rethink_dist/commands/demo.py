@@ -9,6 +9,7 @@ from pathlib import Path
 from rethink_dist.commands import report
 from rethink_dist.commands.sweep import exit_code, print_summary, sweep_outcome
 from rethink_dist.errors import UsageError
+from rethink_dist.files import check_writable
 from rethink_dist.sweep.driver import DEFAULT_STORAGE, can_restore, run_sweep
 from rethink_dist.sweep.plan import load_sweep
 
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not QUICK.is_file():
         raise UsageError(f"demo: {str(QUICK)!r} is missing: run the demo from a rethink-dist checkout")
+    check_writable(args.storage or DEFAULT_STORAGE, "--storage", folder=True)
     sweep = load_sweep(QUICK, smoke=args.smoke)
     storage = str(Path(args.storage or DEFAULT_STORAGE).resolve())
     resume = can_restore(f"{storage}/{sweep.name}/tune")

@@ -24,7 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rethink_dist.files import write_json_atomic
+    from rethink_dist.files import check_writable, write_json_atomic
+
+    if args.json:
+        check_writable(args.json, "--json")
     from rethink_dist.theory import run_expressivity
 
     params = {k: getattr(args, k) for k in ("n", "d", "seed", "dtype", "targets", "num_classes", "dataset", "data_root", "a")}

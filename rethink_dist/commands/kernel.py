@@ -45,7 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rethink_dist.files import write_json_atomic
+    from rethink_dist.files import check_writable, write_json_atomic
+
+    if args.json:
+        check_writable(args.json, "--json")
     from rethink_dist.theory import run_kernel
 
     result = run_kernel({k: getattr(args, k) for k in FLAGS})

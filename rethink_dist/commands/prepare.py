@@ -27,9 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rethink_dist.data import DataError
     from rethink_dist.data.ffcv_writer import prepare
+    from rethink_dist.files import check_writable
 
     if args.workers is not None and args.workers < 1:
         raise DataError(f"--workers {args.workers} is not valid; valid: an integer >= 1")
+    check_writable(args.out, "--out", folder=True)
     meta = prepare(args.dataset, args.data_root, args.out, max_resolution=args.max_resolution,
                    jpeg_quality=args.jpeg_quality, write_mode=args.write_mode, workers=args.workers)
     s = meta["splits"]

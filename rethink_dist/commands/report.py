@@ -25,12 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rethink_dist.errors import UsageError
+    from rethink_dist.files import check_writable
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.results is None and not (args.tracking_uri and args.experiment):
         raise UsageError("report: give RESULTS (a sweep folder such as results/quick) or both --tracking-uri and --experiment")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"report: --out {args.out!r} is a file; expected a folder")
+    if args.out:
+        check_writable(args.out, "report: --out", folder=True)
 
     from rethink_dist.report import ReportError, build_report, load_folder, load_mlflow
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             results = load_mlflow(args.tracking_uri, args.experiment)
             default_out = Path.cwd() / f"{args.experiment}-report"
+        check_writable(args.out or default_out, "report: the report folder", folder=True)
         report = build_report(results, args.out or default_out)
     except (ReportError, FileExistsError) as e:
         raise UsageError(f"report: {e}") from None

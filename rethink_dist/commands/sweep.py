@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from rethink_dist.errors import SweepError, UserError
+from rethink_dist.files import check_writable
+from rethink_dist.tracking import check_reachable, default_tracking_uri
 from rethink_dist.metrics import fmt
 from rethink_dist.sweep.driver import DEFAULT_STORAGE, MAX_FAILURES, run_sweep
 from rethink_dist.sweep.plan import load_sweep
@@ -83,6 +85,12 @@ def run_from_args(path: str, args: argparse.Namespace) -> int:
         raise SweepError(f"--max-failures must be >= -1 (-1: unlimited), got {args.max_failures}")
     if not (math.isfinite(args.report_seconds) and args.report_seconds >= 0):
         raise SweepError(f"--report-seconds must be a finite number >= 0 (0: every epoch), got {args.report_seconds}")
+    if "://" not in args.storage:
+        check_writable(args.storage, "--storage", folder=True)
+    if args.results_dir:
+        check_writable(args.results_dir, "--results-dir", folder=True)
+    if args.tracking_uri or "://" not in args.storage:
+        check_reachable(args.tracking_uri or default_tracking_uri(args.storage))
     overrides = {k: v for k, v in (("cpus", args.cpus_per_trial), ("gpus", args.gpus_per_trial)) if v is not None}
     sweep = load_sweep(path, data_root=args.data_root, smoke=args.smoke, resources=overrides)
     if args.dry_run:

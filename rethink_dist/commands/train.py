@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rethink_dist.files import write_json_atomic
+from rethink_dist.files import check_writable, write_json_atomic
 
 NAME = "train"
 HELP = "train one trial (one config) and optionally write its history as JSON"
@@ -105,6 +105,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_writable(args.json, "--json")
     cfg = config_from_args(args)
     if cfg.resources.ddp_workers:
         return run_ddp(cfg, args)

@@ -33,14 +33,14 @@ def create(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwa
     batch_norm = kwargs.pop("batch_norm", True)
     unknown = set(kwargs) - set(caps.kwargs)
     if unknown:
-        raise ValueError(f"{name!r} does not accept {sorted(unknown)}; valid: {', '.join(caps.kwargs) or 'none'}")
+        raise ConfigError(f"{name!r} does not accept {sorted(unknown)}; valid: {', '.join(caps.kwargs) or 'none'}")
     if dropout:
         if not caps.dropout:
-            raise ValueError(f"{name!r} has no dropout")
+            raise ConfigError(f"{name!r} has no dropout")
         kwargs["dropout"] = dropout
     if not batch_norm:
         if not caps.batch_norm_switch:
-            raise ValueError(f"{name!r} cannot drop BatchNorm")
+            raise ConfigError(f"{name!r} cannot drop BatchNorm")
         kwargs["batch_norm"] = False
     c, h, w = input_shape
     return BUILDERS[name]((int(c), int(h), int(w)), int(num_classes), **kwargs)

@@ -169,7 +169,8 @@ class RankReporter(Sink):
             "repeated_samples": int(len(all_idx) - len(np.unique(all_idx))),
         }
         with tempfile.TemporaryDirectory(prefix="rethink-ddp-ckpt-") as d:
-            save_checkpoint(trial, d, summary={"meta": trial.meta, "summary": trial.summary()}, ddp=audit)
+            save_checkpoint(trial, d, summary={"meta": trial.meta, "summary": trial.summary()}, ddp=audit,
+                            meta=trial.meta)
             np.savez_compressed(Path(d) / "shards.npz", **{f"rank{r}_index": g[1] for r, g in enumerate(gathered)},
                                 **{f"rank{r}_label": g[2] for r, g in enumerate(gathered)})
             ray.train.report(

@@ -26,7 +26,8 @@ from rethink_dist.parquet import ResultsTable
 from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, finite_numbers, summarize
 from rethink_dist.sweep.plan import KINDS, Sweep, TrialSpec
 from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
-from rethink_dist.tracking import TrialRun, default_tracking_uri, ensure_experiment, ensure_parent_run, finish_run
+from rethink_dist.tracking import (TrialRun, check_reachable, default_artifact_location, default_tracking_uri,
+                                   ensure_experiment, ensure_parent_run, finish_run)
 
 DEFAULT_STORAGE = "results"
 MAX_FAILURES = 5  # retries of one trial (a lost spot node counts as one); -1: unlimited
@@ -95,6 +96,12 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
 
+    # A failing tracking server must not stall the trials: the client fails fast and the writer
+    # carries on without MLflow until the server answers again (see ResultsWriter).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    tracking_uri = tracking_uri or default_tracking_uri(storage)
+    check_reachable(tracking_uri)  # before anything is written or Ray starts
     tune_storage, folder = storage_paths(storage, sweep.name)
     if folder is None:
         if results_dir is None:
@@ -108,7 +115,6 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         raise SweepError(f"sweep {sweep.name!r} already has results at {tune_dir!r}; pass --resume to continue it, "
                          "or choose another --storage")
     folder.mkdir(parents=True, exist_ok=True)
-    tracking_uri = tracking_uri or default_tracking_uri(storage)
     plan = {"sweep": sweep.name, "file": sweep.path, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "tracking_uri": tracking_uri, "storage": tune_storage,
             "trials": [{**s.to_dict(), "flat": s.flat()} for s in sweep.trials]}
@@ -121,7 +127,8 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     else:
         write_json_atomic(plan_path, plan, indent=1)
 
-    experiment_id = ensure_experiment(tracking_uri, sweep.name)
+    experiment_id = ensure_experiment(tracking_uri, sweep.name,
+                                      default_artifact_location(tracking_uri, storage, sweep.name))
     parent = ensure_parent_run(tracking_uri, experiment_id, sweep.name,
                                {"sweep_file": sweep.path, "num_trials": len(sweep.trials), "storage": tune_storage})
     tracking = {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent,
@@ -161,13 +168,15 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
                                                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
                 )
             grid = tuner.fit()  # returns normally after a Ctrl-C too: then some trials are unfinished
+            writer.retry_mlflow_now()  # back-fill what an MLflow outage left out
             for result in grid:
                 tid = ((result.config or {}).get("spec") or {}).get("trial_id")
-                done = result.error is None and bool((result.metrics or {}).get("done_training"))
-                errors += result.error is not None
-                unfinished += result.error is None and not done
+                failed = result.error is not None or bool((result.metrics or {}).get("diverged"))
+                done = not failed and bool((result.metrics or {}).get("done_training"))
+                errors += failed
+                unfinished += not failed and not done
                 writer.reconcile(tid, result.checkpoint, finished=done,
-                                 status="FINISHED" if done else "FAILED" if result.error is not None else "KILLED")
+                                 status="FINISHED" if done else "FAILED" if failed else "KILLED")
         status = "FAILED" if errors else "KILLED" if unfinished else "FINISHED"
     except BaseException:
         status = "KILLED"
@@ -241,6 +250,7 @@ class ResultsWriter:
         self.runs: dict[str, TrialRun] = {}
         self.last: dict[str, dict[str, Any]] = {}  # each trial's last reported result
         self.closed: set[str] = set()  # trials whose MLflow run has its final status
+        self.down_since: float | None = None  # when MLflow stopped answering (None: it answers)
 
     # Tune pickles its callbacks with the experiment state and unpickles them on --resume. Unpickled
     # while this sweep's writer is live, the copy is that writer (one state: its MLflow runs, what
@@ -287,25 +297,60 @@ class ResultsWriter:
 
     def flush(self) -> None:
         for run in self.runs.values():
-            run.flush()
+            self._mlflow("sending epochs", run.flush)
+
+    RETRY_SECONDS = 60.0  # after an MLflow failure, try again at most this often (at a trial's end)
+
+    def _mlflow(self, what: str, fn, *args, **kwargs) -> Any:
+        """One MLflow step. When it fails, say so once and go on without MLflow: the trials keep
+        training, their rows still reach Parquet, and their runs are back-filled from the
+        checkpoints when MLflow answers again (a trial's end, the sweep's end, or ``--resume``)."""
+        if self.tracking is None or self.down_since is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self.down_since = time.monotonic()
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"rethink-dist: warning: MLflow at {self.tracking['tracking_uri']} failed ({what}: {msg}); the "
+                  "trials keep training and their rows still go to trials.parquet; their MLflow runs will be "
+                  "back-filled from the checkpoints when it answers again (at a trial's end, the sweep's end, "
+                  "or with --resume)", file=sys.stderr, flush=True)
+            return None
+
+    def retry_mlflow_now(self) -> None:
+        """Try MLflow again (after an outage) at the next step."""
+        self.down_since = None
+
+    def _maybe_retry_mlflow(self) -> None:
+        if self.down_since is not None and time.monotonic() - self.down_since >= self.RETRY_SECONDS:
+            self.down_since = None
 
     # ------------------------------------------------------------------ Tune's events
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = trial.config.get("spec", {}).get("trial_id")  # result["trial_id"] is Tune's own id
         if tid not in self.specs:
             return
-        records = result.get("records") or [result]  # a report carries one epoch or several
-        self.last[tid] = records[-1]
-        run = self._run(tid)
-        if run is not None and result.get("meta"):
-            run.log_meta(result["meta"])
-        for epoch in records:
-            if self.table is not None:
+        # A report carries one epoch or several; a diverged trial's last report, none.
+        records = [] if result.get("diverged") else result.get("records") or [result]
+        self.last[tid] = records[-1] if records else result
+        if self.table is not None:
+            for epoch in records:
                 record = {k: epoch[k] for k in RECORD_KEYS if k in epoch}
                 record["finished"] = False
                 self.table.add(self._row(tid, record))
-            if run is not None:
-                run.log_epoch(epoch)  # Tune holds the checkpoint that contains this epoch
+        self._mlflow("logging epochs", self._log_result, tid, result, records)
+
+    def _log_result(self, tid: str, result: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        run = self._run(tid)
+        if run is None:
+            return
+        if result.get("meta"):
+            run.log_meta(result["meta"])
+        if result.get("diverged"):
+            run.set_tags({LAST_ERROR: result["diverged"]})
+        for epoch in records:
+            run.log_epoch(epoch)  # Tune holds the checkpoint that contains this epoch
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.reconcile(trial.config.get("spec", {}).get("trial_id"), trial.checkpoint, finished=True)
@@ -318,24 +363,28 @@ class ResultsWriter:
 
     def _error(self, trial, final: bool) -> None:
         tid = trial.config.get("spec", {}).get("trial_id")
-        run = self._run(tid) if tid in self.specs else None
-        if run is None:
+        if tid not in self.specs:
             return
-        run.flush()
-        error = ""
         try:
             error = str(trial.get_error() or "")
         except Exception:  # the error file may be unreadable; the tag says so
             error = "(the trial's error text could not be read)"
-        run.set_tags({LAST_ERROR: error[-4000:] or "unknown error"})
+        self._mlflow("tagging a failed trial", self._tag_error, tid, error[-4000:] or "unknown error")
         if final:
             self.reconcile(tid, trial.checkpoint, finished=False, status="FAILED")
+
+    def _tag_error(self, tid: str, error: str) -> None:
+        run = self._run(tid)
+        if run is not None:
+            run.flush()
+            run.set_tags({LAST_ERROR: error})
 
     def reconcile(self, tid: str | None, checkpoint, finished: bool, status: str = "FINISHED") -> None:
         """Rewrite a trial's rows from its checkpoint's history (nothing lost, nothing doubled), give
         its MLflow run every epoch it lacks, and, once, its summary and final status."""
         if tid not in self.specs:
             return
+        finished = finished and not self.last.get(tid, {}).get("diverged")
         rows = self.table.trial_rows(tid) if self.table is not None else []
         history = _read_history(checkpoint, tid)
         if history is not None:
@@ -349,17 +398,29 @@ class ResultsWriter:
                 r["finished"] = False
             rows[-1]["finished"] = finished
             self.table.replace_trial(tid, rows)
-        run = self._run(tid)
-        if run is None or tid in self.closed:
+        if self.tracking is None or tid in self.closed:
             return
-        run.sync_history(history or [])
+        self._maybe_retry_mlflow()
+        meta = read_checkpoint_json(checkpoint, "meta.json") if history is not None else None
+        if self._mlflow("closing a trial's run", self._close_run, tid, history, rows, meta, finished, status):
+            self.closed.add(tid)
+
+    def _close_run(self, tid: str, history, rows, meta, finished: bool, status: str) -> bool:
+        """Give the run every epoch of the checkpoint it lacks, its facts, its summary and status."""
+        run = self._run(tid)
+        if meta:
+            run.log_meta(meta)
+        run.sync_history(history or rows)
+        last = self.last.get(tid) or (rows[-1] if rows else {})
+        if last.get("diverged"):
+            finished, status = False, "FAILED"
+            run.set_tags({LAST_ERROR: last["diverged"]})
         if finished:
             theory = KINDS[self.specs[tid]["kind"]].theory
-            last = self.last.get(tid) or (rows[-1] if rows else {})
             run.finish(finite_numbers(last, last) if theory else summarize(history or rows), status)
         else:
             run.finish({}, status)
-        self.closed.add(tid)
+        return True
 
     def _row(self, tid: str, record: dict[str, Any]) -> dict[str, Any]:
         spec = self.specs[tid]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rethink_dist import theory
-from rethink_dist.config import TrialConfig
+from rethink_dist.config import TrialConfig, deferred_checks
 from rethink_dist.errors import ConfigError, SweepError
 from rethink_dist.protocol import DATASETS
 
@@ -126,9 +126,9 @@ def spec_from_item(item: Any, index: int, where: str) -> TrialSpec:
 def _network_name(item: Any) -> str | None:
     """The run name of a network trial as far as it can be built from a possibly invalid item."""
     try:
-        if isinstance(item, TrialConfig):
-            return item.resolved().name
-        return TrialConfig.from_dict(item).resolved().name
+        with deferred_checks():
+            cfg = item if isinstance(item, TrialConfig) else TrialConfig.from_dict(item)
+            return cfg.resolved().name
     except (ConfigError, ValueError, TypeError, KeyError, AttributeError):
         return item.get("name") if isinstance(item, dict) else None
 
@@ -181,7 +181,8 @@ def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: boo
     if not callable(build):
         raise SweepError(f"{where} must define trials(data_root) returning a list of trials")
     try:
-        items = list(build(data_root))
+        with deferred_checks():  # each trial is checked below, by index and name
+            items = list(build(data_root))
     except (ConfigError, SweepError) as e:
         raise SweepError(f"{where}: {e}") from None
     except Exception as e:

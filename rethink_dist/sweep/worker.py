@@ -41,21 +41,26 @@ class TuneReporter(Sink):
         self.meta = dict(meta)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
+        self.pending.append({**record, **self.placement})
+        if self.trial.done or time.monotonic() - self.last_report >= self.report_seconds:
+            self.send()
+
+    def send(self) -> None:
+        """Report the epochs run since the last report, with a checkpoint that contains them."""
         from ray import tune
 
         from rethink_dist.train import save_checkpoint
 
-        self.pending.append({**record, **self.placement})
-        if not self.trial.done and time.monotonic() - self.last_report < self.report_seconds:
+        if not self.pending:
             return
         result = {**self.pending[-1], "done_training": self.trial.done, "records": self.pending}
         if self.meta is not None:
-            result["meta"], self.meta = self.meta, None
+            result["meta"] = self.meta
         with tempfile.TemporaryDirectory(prefix="rethink-ckpt-") as d:
-            save_checkpoint(self.trial, d)
+            save_checkpoint(self.trial, d, meta=self.trial.meta)
             # The last epoch's metrics for Tune's table; every epoch of the send in "records".
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
-        self.pending, self.last_report = [], time.monotonic()
+        self.pending, self.meta, self.last_report = [], None, time.monotonic()
 
 
 def trainable(config: dict[str, Any]) -> None:
@@ -76,7 +81,7 @@ def _network_trial(spec: dict[str, Any], report_seconds: float) -> None:
     from ray import tune
 
     from rethink_dist.config import TrialConfig
-    from rethink_dist.train import Trial, load_checkpoint, run  # torch: only in the trial's process
+    from rethink_dist.train import Trial, TrainingDiverged, load_checkpoint, run  # torch: only in the trial's process
 
     trial = Trial(TrialConfig.from_dict(spec["config"]))
     checkpoint = tune.get_checkpoint()
@@ -85,7 +90,14 @@ def _network_trial(spec: dict[str, Any], report_seconds: float) -> None:
             load_checkpoint(trial, d)
     placement = {"labels_fingerprint": trial.meta.get("labels_fingerprint", ""), "node": socket.gethostname(),
                  "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
-    run(trial, [TuneReporter(trial, report_seconds, placement)])
+    reporter = TuneReporter(trial, report_seconds, placement)
+    try:
+        run(trial, [reporter])
+    except TrainingDiverged as e:
+        # Not a fault to retry (it would diverge again, identically): the epochs before it go to
+        # Tune as usual, then the trial ends with the message; the driver marks its run FAILED.
+        reporter.send()
+        tune.report({"epoch": trial.epoch, "done_training": True, "diverged": str(e)})
 
 
 def _theory_trial(spec: dict[str, Any]) -> None:

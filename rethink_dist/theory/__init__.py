@@ -16,7 +16,7 @@ import time
 from typing import Any, Mapping
 
 from rethink_dist.config import ExpressivityConfig, KernelConfig
-from rethink_dist.errors import ConfigError
+from rethink_dist.errors import ConfigError, DataError
 
 
 def validate_expressivity(params: Mapping[str, Any]) -> ExpressivityConfig:
@@ -73,7 +73,12 @@ def run_expressivity(params: Mapping[str, Any]) -> dict[str, Any]:
         targets = f"labels one-hot ({num_classes} outputs)"
 
     t0 = time.perf_counter()
-    net = fit(X, y, a=p["a"], seed=p["seed"])
+    try:
+        net = fit(X, y, a=p["a"], seed=p["seed"])
+    except DataError:
+        raise
+    except ValueError as e:  # the construction's conditions on its input (e.g. a='spaced' needs n <= d)
+        raise ConfigError(str(e)) from None
     seconds = time.perf_counter() - t0
     r = net.report
     out = {
