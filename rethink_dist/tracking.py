@@ -82,8 +82,9 @@ def check_reachable(tracking_uri: str) -> None:
         timeout = float(os.environ.get(REACH_TIMEOUT_ENV, REACH_TIMEOUT_DEFAULT))
         try:
             urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).close()
-        except urllib.error.HTTPError:
-            return  # something answers (maybe without /health, or behind a login): MLflow's client will tell
+        except urllib.error.HTTPError as e:
+            raise ConfigError(f"--tracking-uri {tracking_uri} answers, but not as an MLflow tracking server "
+                              f"(HTTP {e.code} for /health)") from None
         except (OSError, ValueError) as e:
             why = getattr(e, "reason", None) or e
             raise ConfigError(f"nothing answers at --tracking-uri {tracking_uri} within {timeout:g} s ({why}); start "

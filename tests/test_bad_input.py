@@ -176,3 +176,29 @@ def test_an_invalid_trial_is_named_by_index_and_run_name(tmp_path, body, needle)
     path = tmp_path / "named.py"
     path.write_text(body)
     one_line_error(run(["sweep", path, "--dry-run"]), needle)
+
+
+def test_a_server_that_is_not_mlflow_is_refused_at_once(tmp_path):
+    """Something answers at the URI (here a plain web server: 404 for everything), but not MLflow."""
+    import http.server
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        p = run(["sweep", REPO / "sweeps" / "quick.py", "--smoke", "--storage", tmp_path / "store",
+                 "--tracking-uri", uri])
+        one_line_error(p, f"--tracking-uri {uri} answers, but not as an MLflow tracking server (HTTP 404")
+        assert not (tmp_path / "store").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join()

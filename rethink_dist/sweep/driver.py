@@ -127,10 +127,15 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     else:
         write_json_atomic(plan_path, plan, indent=1)
 
-    experiment_id = ensure_experiment(tracking_uri, sweep.name,
-                                      default_artifact_location(tracking_uri, storage, sweep.name))
-    parent = ensure_parent_run(tracking_uri, experiment_id, sweep.name,
-                               {"sweep_file": sweep.path, "num_trials": len(sweep.trials), "storage": tune_storage})
+    try:
+        experiment_id = ensure_experiment(tracking_uri, sweep.name,
+                                          default_artifact_location(tracking_uri, storage, sweep.name))
+        parent = ensure_parent_run(tracking_uri, experiment_id, sweep.name,
+                                   {"sweep_file": sweep.path, "num_trials": len(sweep.trials), "storage": tune_storage})
+    except Exception as e:  # MlflowException, connection errors: the store refuses the sweep
+        if isinstance(e, SweepError):
+            raise
+        raise SweepError(f"MLflow at {tracking_uri} refused the sweep's experiment: {str(e).splitlines()[0]}") from None
     tracking = {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent,
                 "sweep": sweep.name}
     table = ResultsTable(folder / "trials.parquet")
