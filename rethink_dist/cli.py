@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 from rethink_dist.errors import UsageError, UserError
+from rethink_dist.files import INTERRUPTED
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,23 +44,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _on_sigint(signum, frame) -> None:
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    # First of all: a Ctrl-C while the commands' libraries load must reach us, not one of them.
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if on_main else None
     try:
+        parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "_run", None):
             parser.print_help()
             return EXIT_USAGE
-        return int(args._run(args) or 0)
+        rc = int(args._run(args) or 0)
+        if INTERRUPTED.is_set():  # a library swallowed the KeyboardInterrupt; the command still stops as 130
+            raise KeyboardInterrupt
+        return rc
     except KeyboardInterrupt:
         print("rethink-dist: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:
         if isinstance(e, UserError):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             print(msg if msg.startswith("rethink-dist") else f"rethink-dist: error: {msg}", file=sys.stderr)
             return EXIT_USAGE
         raise
+    finally:
+        if on_main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

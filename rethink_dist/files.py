@@ -5,8 +5,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterator
+
+
+# Set by the command line's SIGINT handler (rethink_dist.cli). A library may catch the
+# KeyboardInterrupt a Ctrl-C raises (numba's compiler prints "Exception ignored" and goes on); the
+# flag still says it happened, and nothing is then made to look complete.
+INTERRUPTED = threading.Event()
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C came (even one a library swallowed)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -18,6 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
+        raise_if_interrupted()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

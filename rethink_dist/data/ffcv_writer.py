@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from rethink_dist import corruption as C
+from rethink_dist.files import raise_if_interrupted, write_json_atomic
 from rethink_dist.data import DATASETS, DataError, dataset_info
 
 FORMAT = "rethink-dist-beton/1"
@@ -137,7 +138,8 @@ def prepare(name: str, data_root: str | None, out: str | os.PathLike, *, max_res
         source = _array_source(name, data_root)
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).unlink(missing_ok=True)  # the folder is incomplete until the new meta.json exists
+    # Everything is written beside the old files first: a prepare that fails or is interrupted
+    # leaves a folder that held a complete prepare exactly as it was.
     tag = f".tmp{os.getpid()}"
     tmp = {split: out / f".{fname}{tag}" for split, fname in BETON_FILES.items()}
     err_dir = out / f".errors{tag}"
@@ -170,16 +172,16 @@ def prepare(name: str, data_root: str | None, out: str | os.PathLike, *, max_res
                                "bytes": tmp[split].stat().st_size} for split, fname in BETON_FILES.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        # The swap: without meta.json the folder is incomplete, so it goes first and comes back last.
+        raise_if_interrupted()
+        (out / META_FILE).unlink(missing_ok=True)
         for split, fname in BETON_FILES.items():
             os.replace(tmp[split], out / fname)
-        meta_tmp = out / f".{META_FILE}{tag}"
-        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(meta_tmp, out / META_FILE)
+        write_json_atomic(out / META_FILE, meta)
         return meta
     finally:
         for p in tmp.values():
             p.unlink(missing_ok=True)
-        (out / f".{META_FILE}{tag}").unlink(missing_ok=True)
         shutil.rmtree(err_dir, ignore_errors=True)
 
 
