@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from rethink_dist import protocol
 from rethink_dist.errors import ConfigError
-from rethink_dist.protocol import DATASETS, MODELS, paper_lr
+from rethink_dist.protocol import DATASETS, MODELS
 
 _DEFER_CHECKS = contextvars.ContextVar("rethink_defer_checks", default=False)
 
@@ -171,7 +171,7 @@ class TrialConfig:
         optim = self.optim
         optim = dataclasses.replace(
             optim,
-            lr=optim.lr if optim.lr is not None else paper_lr(self.model.name),
+            lr=optim.lr if optim.lr is not None else info.default_lr(self.model.name),
             lr_decay=optim.lr_decay if optim.lr_decay is not None else info.lr_decay,
             epochs=optim.epochs if optim.epochs is not None else info.epochs,
         )

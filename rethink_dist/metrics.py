@@ -1,6 +1,8 @@
-"""Where results go. One interface, :class:`Sink`; implementations for the console here, and for
-Ray Tune, MLflow and Parquet in ``rethink_dist.sweep`` and ``rethink_dist.tracking`` (this module stays free of
-Ray and MLflow so the training loop can use it).
+"""Where a trial's epochs go: one interface, :class:`Sink`, handed each epoch by the loop
+(:func:`rethink_dist.train.run`). The console's sink is here; on Ray, a trial's sink reports to
+Tune (``rethink_dist.sweep.worker.TuneReporter``) or to Ray Train (``rethink_dist.sweep.ddp``), and
+the sweep's driver writes the reports to Parquet and MLflow. This module stays free of Ray and
+MLflow so the training loop can use it.
 """
 
 from __future__ import annotations

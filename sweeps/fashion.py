@@ -15,7 +15,7 @@ Sections (RETHINK_FASHION_SECTIONS=a,b,... picks them, or all; default: figure1,
   50,000 images (0.95 ** 1.2 per epoch of 60,000), 60 epochs, to show where it stalls
   (docs/results/fashion_mnist_paper_schedule.sh runs the same trial with rethink-dist train).
 
-The protocol ([open] choices, README "The choices on Fashion-MNIST"; all logged with every run):
+The protocol ([open] choices: docs/protocol.md, rethink_dist/protocol.py; all logged with every run):
 SGD momentum 0.9, batch 128, lr 0.005 (MLPs; the paper's 0.01 for AlexNet, 0.1 for Inception)
 multiplied by 0.995 after every epoch (one schedule for every corruption of a figure); at most 450
 epochs; "fitted" = 99% training accuracy (the paper's MLP 1x512 reaches 99.34% on random labels).
@@ -42,15 +42,13 @@ Smoke:    python sweeps/fashion.py --smoke                (4 tiny trials)
 import os
 
 from rethink_dist.config import TrialConfig
-from rethink_dist.protocol import (FASHION_EPOCHS, FASHION_FIT_THRESHOLD, FASHION_LR_DECAY, FASHION_MLP_LR,
-                                   paper_lr, paper_weight_decay)
+from rethink_dist.protocol import FASHION_EPOCHS, FASHION_FIT_THRESHOLD, FASHION_LR_DECAY, paper_lr, paper_weight_decay
 
 NAME = "fashion"
 SECTIONS_ENV = "RETHINK_FASHION_SECTIONS"
 DEFAULT_SECTIONS = ("figure1", "table1")
 ALL_SECTIONS = DEFAULT_SECTIONS + ("mlp3_levels", "mlp3_pixels", "convnets", "paper_schedule")
 SEEDS = (0,)
-MLP_LR = FASHION_MLP_LR  # the conv nets keep the paper's rates (0.01 AlexNet, 0.1 Inception)
 LR_DECAY = FASHION_LR_DECAY  # per epoch of 60,000 images, every corruption level alike
 MAX_EPOCHS = FASHION_EPOCHS
 FIT_THRESHOLD = FASHION_FIT_THRESHOLD
@@ -69,7 +67,7 @@ def trial(arch, corruption="none", level=0.0, weight_decay=0.0, batch_norm=True,
         "data": {"name": "fashion_mnist", "root": data_root, "channels": channels},
         "corruption": {"kind": corruption, "level": level, "seed": seed},
         "model": {"name": arch},
-        "optim": {"lr": lr or (MLP_LR if arch.startswith("mlp") else None), "lr_decay": lr_decay, "epochs": epochs},
+        "optim": {"lr": lr, "lr_decay": lr_decay, "epochs": epochs},
         "reg": {"weight_decay": weight_decay, "batch_norm": batch_norm},
         "stop": {"stop_when_fitted": True, "fit_threshold": FIT_THRESHOLD},
         "resources": resources or {"cpus": 1.0},

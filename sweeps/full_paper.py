@@ -10,13 +10,13 @@
 The paper's learning rates (0.1 Inception, 0.01 AlexNet and MLPs), decay 0.95 per epoch,
 momentum 0.9, batch 128; 100 epochs at most [open]. Trials that serve several figures run once.
 
-Run (on a cluster, after `ray up cluster/aws.yaml`; the variables are the head's, see README):
+Run (on a cluster, after `ray up cluster/aws.yaml`; the variables are the head's, see docs/cluster.md):
     ray submit cluster/aws.yaml sweeps/full_paper.py --tmux -- \
         --data-root '$RETHINK_DATA/cifar10' --storage '$RETHINK_STORAGE' \
         --results-dir '$HOME/results' --tracking-uri '$MLFLOW_TRACKING_URI'
 Locally: python sweeps/full_paper.py --data-root DIR   (DIR holds cifar-10-batches-py)
 Expected compute: 61 CIFAR-10 trials x up to 100 epochs of 50,000 images, about 5 A10G
-GPU-hours by the FLOP-count estimate in README "Running on a cluster" (four trials share a GPU).
+GPU-hours by the FLOP-count estimate in docs/cluster.md (four trials share a GPU).
 Smoke: python sweeps/full_paper.py --smoke --data-root DIR (4 tiny trials, about a minute).
 
 ImageNet (Table 2, Figure 2a; the section at the end, docs/imagenet.md): Inception V3 at 299x299,

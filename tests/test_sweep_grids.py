@@ -101,7 +101,7 @@ def test_fashion_sweep_grid(monkeypatch):
     assert {t.config["data"]["channels"] for t in sweep.trials} == {1}  # the MLPs see the 784 gray pixels
     from rethink_dist import protocol
 
-    assert {(t.config["optim"]["lr"], t.config["optim"]["lr_decay"], t.config["optim"]["epochs"],
+    assert {(t.flat()["optim.lr"], t.config["optim"]["lr_decay"], t.config["optim"]["epochs"],
              t.config["stop"]["fit_threshold"]) for t in sweep.trials} == {
         (protocol.FASHION_MLP_LR, protocol.FASHION_LR_DECAY, protocol.FASHION_EPOCHS, protocol.FASHION_FIT_THRESHOLD)}
     assert all(c[-1] for c in cells)  # every trial stops once fitted

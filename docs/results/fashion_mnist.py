@@ -177,7 +177,7 @@ def main(argv=None) -> int:
       f"({compute / 120:.1f} minutes on each of two slots).{' ' + args.remark if args.remark else ''}")
     w(f"- Machine: {machine()}; two trials at a time, one thread each.")
     w(f"- Document generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.")
-    w(f"- Protocol (the trials' logged configs; why: sweeps/fashion.py and the README's [open] choices): {protocol(results)}.")
+    w(f"- Protocol (the trials' logged configs; why: sweeps/fashion.py and docs/protocol.md): {protocol(results)}.")
     if unfinished:
         w(f"- Unfinished trials: {', '.join(u['run_name'] for u in unfinished)}.")
     w("")
