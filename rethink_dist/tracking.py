@@ -226,8 +226,9 @@ class TrialRun:
     def flush(self) -> None:
         """Send the epochs logged since the last flush."""
         while self._pending:
-            batch, self._pending = self._pending[:self.MAX_PENDING_METRICS], self._pending[self.MAX_PENDING_METRICS:]
+            batch = self._pending[:self.MAX_PENDING_METRICS]
             _retry(self.client.log_batch, self.run_id, metrics=batch)
+            del self._pending[:len(batch)]  # only once sent: a failed send is sent again next time
         self._last_flush = time.monotonic()
 
     def sync_history(self, history: list[dict[str, Any]]) -> None:

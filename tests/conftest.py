@@ -44,18 +44,18 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         proc.wait(10)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` (SQLite store) on 127.0.0.1; yields its http URI."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = open(root / "server.log", "w")
+def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` (SQLite store and artifacts under ``root``) on 127.0.0.1; (process, http URI)
+    once it answers /health. Stop it with :func:`stop_process`."""
+    port = port or free_port()
+    log = open(root / "server.log", "a")
     proc = subprocess.Popen(
         [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
     )
+    log.close()  # the child keeps its own handle
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -64,16 +64,21 @@ def mlflow_server(tmp_path_factory):
         try:
             with urllib.request.urlopen(uri + "/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc, uri
         except OSError:
             pass
         if time.time() > deadline:
             stop_process(proc)
             raise RuntimeError("mlflow server did not answer /health within 120 s")
         time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite store) on 127.0.0.1; yields its http URI."""
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
     yield uri
     stop_process(proc)
-    log.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,131 @@
+"""A tracking server that goes away during a sweep: the trials keep training, every epoch still
+lands in Parquet, and the MLflow runs are back-filled (every epoch exactly once) when the server
+answers again: at the sweep's end, or later with ``--resume``. A real `mlflow server`, stopped
+and started again by the test (its own process, by its handle)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import free_port, start_mlflow_server, stop_process
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "rethink_dist.cli"]
+SWEEP = """
+NAME = "outage"
+
+def trials(data_root=None):
+    return [{{"model": {{"name": "mlp_3x512"}}, "corruption": {{"kind": "labels", "level": level}},
+              "optim": {{"epochs": {epochs}}}}} for level in (0.0, 1.0)]
+"""
+
+
+def _epochs(parquet: Path) -> int:
+    try:
+        return int(pd.read_parquet(parquet).groupby("trial_id")["epoch"].max().min())
+    except Exception:  # not written yet, or being replaced
+        return 0
+
+
+def _wait(cond, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _check_complete(uri: str, parquet: Path, epochs: int) -> None:
+    from mlflow.tracking import MlflowClient
+
+    df = pd.read_parquet(parquet)
+    assert not df.duplicated(["trial_id", "epoch"]).any()
+    assert all(sorted(g) == list(range(1, epochs + 1)) for _, g in df.groupby("trial_id")["epoch"])
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("outage")
+    runs = client.search_runs([exp.experiment_id], "tags.`rethink.role` = 'trial'")
+    assert len(runs) == 2
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, epochs + 1)), "MLflow lacks or repeats an epoch"
+        assert run.info.status == "FINISHED"
+        assert "meta.params" in run.data.params
+
+
+def _start_sweep(tmp: Path, uri: str, epochs: int) -> tuple[subprocess.Popen, Path]:
+    (tmp / "outage.py").write_text(SWEEP.format(epochs=epochs))
+    store = tmp / "store"
+    proc = subprocess.Popen(CLI + ["sweep", str(tmp / "outage.py"), "--storage", str(store), "--tracking-uri", uri,
+                                   "--ray-address", "local", "--num-cpus", "2", "--report-seconds", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    return proc, store
+
+
+def test_server_back_during_the_sweep(tmp_path):
+    epochs = 80
+    root = tmp_path / "mlflow"
+    root.mkdir()
+    port = free_port()
+    server, uri = start_mlflow_server(root, port)
+    sweep, store = _start_sweep(tmp_path, uri, epochs)
+    parquet = store / "outage" / "trials.parquet"
+    try:
+        _wait(lambda: _epochs(parquet) >= 3, 300, "3 epochs of each trial")
+        stop_process(server)  # the tracking server goes away mid-sweep
+        at_stop = _epochs(parquet)
+        _wait(lambda: _epochs(parquet) >= at_stop + 10, 300, "training to go on without MLflow")
+        assert _epochs(parquet) < epochs, "the sweep ended before the server could come back: make it longer"
+        server, _ = start_mlflow_server(root, port)  # and comes back
+        out, err = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+        stop_process(server)
+    assert sweep.returncode == 0, out[-3000:] + err[-3000:]
+    assert "MLflow at" in err and "back-filled" in err
+    server, uri = start_mlflow_server(root, port)
+    try:
+        _check_complete(uri, parquet, epochs)
+    finally:
+        stop_process(server)
+
+
+def test_server_back_after_the_sweep_backfilled_by_resume(tmp_path):
+    epochs = 30
+    root = tmp_path / "mlflow"
+    root.mkdir()
+    port = free_port()
+    server, uri = start_mlflow_server(root, port)
+    sweep, store = _start_sweep(tmp_path, uri, epochs)
+    parquet = store / "outage" / "trials.parquet"
+    try:
+        _wait(lambda: _epochs(parquet) >= 3, 300, "3 epochs of each trial")
+        stop_process(server)  # gone for the rest of the sweep
+        out, err = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    assert sweep.returncode == 0, out[-3000:] + err[-3000:]
+    assert "--resume" in err
+    df = pd.read_parquet(parquet)
+    assert df["finished"].sum() == 2 and len(df) == 2 * epochs  # every epoch landed without MLflow
+    server, uri = start_mlflow_server(root, port)
+    try:
+        again = subprocess.run(CLI + ["sweep", str(tmp_path / "outage.py"), "--storage", str(store), "--tracking-uri",
+                                      uri, "--ray-address", "local", "--num-cpus", "2", "--resume"],
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        _check_complete(uri, parquet, epochs)
+    finally:
+        stop_process(server)
