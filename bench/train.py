@@ -267,7 +267,7 @@ class Ours:
                     phases[k] += dt
                 done += 1
         per_step = {k: v / steps for k, v in phases.items()}
-        key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
         ops = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: getattr(e, key), reverse=True)
         total = sum(getattr(e, key) for e in ops) or 1.0
         top_train = [{"op": e.key, "shapes": str(e.input_shapes)[:120], "ms_per_step": getattr(e, key) / 1e3 / steps,

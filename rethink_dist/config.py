@@ -260,6 +260,10 @@ class TrialConfig:
             if self.data.loader != "ffcv":
                 raise ConfigError(f"resources.ddp_workers={res.ddp_workers} needs data.loader='ffcv' (each rank reads "
                                   f"its shard through FFCV), got {self.data.loader!r}")
+            if not float(res.gpus).is_integer():
+                raise ConfigError(f"resources.gpus={res.gpus} with resources.ddp_workers={res.ddp_workers}: each "
+                                  "data-parallel worker needs whole GPUs (NCCL refuses two ranks on one GPU); "
+                                  "valid: 0, 1, 2, ...")
             if self.optim.batch_size % res.ddp_workers:
                 raise ConfigError(f"optim.batch_size={self.optim.batch_size} (the global batch) must be a multiple of "
                                   f"resources.ddp_workers={res.ddp_workers}")

@@ -155,10 +155,13 @@ class Trial:
     # different dropout masks; empty for a single-process trial.
     seed_stream: tuple[int, ...] = ()
 
-    def __init__(self, config: TrialConfig, loader: Loader | None = None, meta: dict[str, Any] | None = None):
+    def __init__(self, config: TrialConfig, loader: Loader | None = None, meta: dict[str, Any] | None = None,
+                 device: str | None = None):
+        """``device``: where the code that placed the trial put it (a Ray trial: a GPU only if it holds
+        one); default: ``config.device`` resolved on this machine."""
         config.validate()
         self.config = cfg = config.resolved()
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(device or cfg.device)
         on_cuda = self.device.type == "cuda"
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
         owns_loader = loader is None

@@ -257,6 +257,7 @@ def test_cli_train_ddp_writes_summary(local_ray, beton, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "15"], "must be a multiple of resources.ddp_workers=2"),
     (["--loader", "memory", "--dataset", "digits"], "needs data.loader='ffcv'"),
+    (["--gpus", "0.5"], "each data-parallel worker needs whole GPUs"),
 ])
 def test_cli_bad_ddp_input_exits_2(tmp_path, capsys, flags, message):
     from rethink_dist.cli import main

@@ -136,3 +136,33 @@ def test_fashion_sweep_unknown_section_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "unknown section 'tabel1'" in err and "valid: all, figure1, table1" in err
+
+
+def test_fractional_gpus_are_not_given_to_data_parallel_trials(tmp_path):
+    """--gpus-per-trial 0.25 shares GPUs among single-process trials; a data-parallel trial keeps
+    whole GPUs (NCCL refuses two ranks on one GPU)."""
+    beton = tmp_path / "imagenet"
+    beton.mkdir()
+    path = tmp_path / "mixed.py"
+    path.write_text(f"""
+from rethink_dist.config import imagenet_trial
+NAME = "mixed"
+def trials(data_root=None):
+    return [{{"model": {{"name": "mlp_1x512"}}}}, imagenet_trial({str(beton)!r}, augment=False, dropout=False,
+                                                                  weight_decay=False)]
+""")
+    sweep = load_sweep(path, resources={"gpus": 0.25})
+    gpus = {t.config["model"]["name"]: t.config["resources"]["gpus"] for t in sweep.trials}
+    assert gpus == {"mlp_1x512": 0.25, "inception_v3": 1.0}
+    assert load_sweep(path, resources={"gpus": 2})  # whole GPUs apply to both
+
+
+def test_a_trial_uses_a_gpu_only_when_it_holds_one():
+    from rethink_dist.sweep.plan import TrialSpec, placed_device
+
+    assert placed_device("auto", []) == "cpu"  # a trial given no GPU on a GPU node
+    assert placed_device("auto", ["0"]) == "cuda"
+    assert placed_device("cpu", ["0"]) == "cpu" and placed_device("cuda", []) == "cuda"  # asked for: as asked
+    kernel = TrialSpec("t0", "kernel", "k", {"device": "cuda"})
+    assert kernel.resources() == {"cpu": 1, "gpu": 1}
+    assert TrialSpec("t1", "kernel", "k", {}).resources() == {"cpu": 1}

@@ -48,6 +48,7 @@ import torch.distributed as dist
 from rethink_dist.config import TrialConfig
 from rethink_dist.metrics import Sink
 from rethink_dist.protocol import RECIPE_NAME
+from rethink_dist.sweep.plan import placed_device
 from rethink_dist.train import Trial, labels_fingerprint, load_checkpoint, resolve_device, run, save_checkpoint
 
 # Worker-group restarts Ray Train attempts after a lost worker before the Tune trial fails
@@ -184,6 +185,7 @@ class RankReporter(Sink):
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
     """The training function of each Ray Train worker: one rank of the trial, to its last epoch."""
+    import ray
     import ray.train
 
     from rethink_dist.data.ffcv_loader import build_ffcv_loader  # imports FFCV: only in the workers
@@ -197,7 +199,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         import ray.train.torch
 
         torch.cuda.set_device(ray.train.torch.get_device())
-    device = resolve_device(cfg.device)
+    device = resolve_device(placed_device(cfg.device, ray.get_gpu_ids()))
     per_rank = cfg.optim.batch_size // world
     # The loader reads at the per-rank batch; it knows nothing of the trial's resources.
     rank_cfg = cfg.replace(**{"optim.batch_size": per_rank, "resources.ddp_workers": 0})

@@ -58,6 +58,14 @@ def kind_of(item: Any) -> str:
     return item["kind"] if isinstance(item, dict) and "kind" in item else "network"
 
 
+def placed_device(device: str, gpu_ids: list) -> str:
+    """The device of a trial on a Ray worker. ``auto`` is CUDA only when the trial holds GPUs: Ray
+    does not hide a node's GPUs from a task given none, and such trials would pile onto GPU 0."""
+    if device != "auto":
+        return device
+    return "cuda" if gpu_ids else "cpu"
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialSpec:
     trial_id: str
@@ -76,7 +84,8 @@ class TrialSpec:
     def resources(self) -> dict[str, float]:
         """What the trial's own Tune process asks of Ray."""
         if self.kind != "network":
-            return {"cpu": 1}
+            # device='cuda' (a kernel solve on a GPU) holds a whole GPU; 'auto' runs where it is placed
+            return {"cpu": 1, "gpu": 1} if self.config.get("device") == "cuda" else {"cpu": 1}
         r = self.config.get("resources", {})
         if r.get("ddp_workers"):
             return {"cpu": 0.1}  # the driver of a data-parallel trial; its workers ask for their own
@@ -213,6 +222,9 @@ def _with_resources(item: Any, resources: dict[str, float], index: int, where: s
         return item
     try:
         cfg = item if isinstance(item, TrialConfig) else TrialConfig.from_dict(item)
+        if cfg.resources.ddp_workers and not float(resources.get("gpus", 0)).is_integer():
+            # NCCL needs whole GPUs: a data-parallel trial keeps its own (one per worker)
+            resources = {k: v for k, v in resources.items() if k != "gpus"}
         return cfg.replace(**{f"resources.{k}": v for k, v in resources.items()})
     except (ConfigError, TypeError) as e:
         raise SweepError(f"{where}, trial {index}: {e}") from None

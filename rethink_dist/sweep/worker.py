@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from rethink_dist.metrics import Sink
-from rethink_dist.sweep.plan import KINDS
+from rethink_dist.sweep.plan import KINDS, placed_device
 
 # A trial sends its epochs to Tune, each send with a checkpoint, at most this often: every epoch
 # when epochs are longer, several per send when they are short. A send is a round trip to the
@@ -83,7 +83,8 @@ def _network_trial(spec: dict[str, Any], report_seconds: float) -> None:
     from rethink_dist.config import TrialConfig
     from rethink_dist.train import Trial, TrainingDiverged, load_checkpoint, run  # torch: only in the trial's process
 
-    trial = Trial(TrialConfig.from_dict(spec["config"]))
+    cfg = TrialConfig.from_dict(spec["config"])
+    trial = Trial(cfg, device=placed_device(cfg.device, ray.get_gpu_ids()))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -101,8 +102,12 @@ def _network_trial(spec: dict[str, Any], report_seconds: float) -> None:
 
 
 def _theory_trial(spec: dict[str, Any]) -> None:
+    import ray
     from ray import tune
 
-    result = KINDS[spec["kind"]].run(spec["config"])
+    params = dict(spec["config"])
+    if "device" in KINDS[spec["kind"]].check(params).to_dict():  # the kernel: a GPU only if the trial holds one
+        params["device"] = placed_device(params.get("device") or "auto", ray.get_gpu_ids())
+    result = KINDS[spec["kind"]].run(params)
     record = {"epoch": 1, **{k: v for k, v in result.items() if isinstance(v, (int, float, bool)) or v is None}}
     tune.report({**record, "done_training": True, "meta": {}})
