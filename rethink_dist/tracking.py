@@ -70,6 +70,16 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 REACH_TIMEOUT_ENV, REACH_TIMEOUT_DEFAULT = "RETHINK_MLFLOW_TIMEOUT", 5.0
 
 
+def ui_lines(tracking_uri: str, experiment_id: str, mlflow: str = "mlflow") -> list[str]:
+    """How to open the experiment on its runs. MLflow 3's UI shows an experiment as GenAI (traces)
+    unless the link says ``workflowType=machine_learning`` (or the browser chose it before)."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return [f"MLflow UI:     {tracking_uri.rstrip('/')}/{page}"]
+    return [f"MLflow UI:     {mlflow} ui --backend-store-uri {tracking_uri} --host 127.0.0.1",
+            f"               then open http://127.0.0.1:5000/{page}"]
+
+
 def check_reachable(tracking_uri: str) -> None:
     """Fail at once (one line) when nothing answers at an http(s) tracking URI, or when a local
     store's folder cannot be written: before a sweep writes anything or starts Ray."""

@@ -167,10 +167,12 @@ def trials(data_root=None):
 
 
 @pytest.mark.parametrize("body, needle", [
-    (TRIAL_CONFIGS, "trial 16 (digits_labels2_mlp_1x512_lr0.01_wd0_aug0_s0): corruption.level=2.0 is out of range"),
-    (DICTS, "trial 2 (digits_true_mlp_1x512_lr0.01_wd0_aug0_s0): optim.batch_size must be >= 1, got 0"),
-    (REPLACED, "trial 1 (digits_true_mlp_3x512_lr0.01_wd0_aug0_do1.5_s0): reg.dropout=1.5 is out of range"),
-    (THEORY, "trial 1 (kernel_kernelpoly): kernel='poly' is not valid"),
+    (TRIAL_CONFIGS, "trial 16: corruption.level=2.0 is out of range; valid: [0, 1] "
+                    "(run digits_labels2_mlp_1x512_lr0.01_wd0_aug0_s0)"),
+    (DICTS, "trial 2: optim.batch_size must be >= 1, got 0 (run digits_true_mlp_1x512_lr0.01_wd0_aug0_s0)"),
+    (REPLACED, "trial 1: reg.dropout=1.5 is out of range; valid: [0, 1) "
+               "(run digits_true_mlp_3x512_lr0.01_wd0_aug0_do1.5_s0)"),
+    (THEORY, "trial 1 (kernel): kernel='poly' is not valid; valid: linear, rbf (run kernel_kernelpoly)"),
 ])
 def test_an_invalid_trial_is_named_by_index_and_run_name(tmp_path, body, needle):
     path = tmp_path / "named.py"

@@ -59,73 +59,71 @@ def _check_complete(uri: str, parquet: Path, epochs: int) -> None:
         assert "meta.params" in run.data.params
 
 
-def _start_sweep(tmp: Path, uri: str, epochs: int) -> tuple[subprocess.Popen, Path]:
-    (tmp / "outage.py").write_text(SWEEP.format(epochs=epochs))
-    store = tmp / "store"
-    proc = subprocess.Popen(CLI + ["sweep", str(tmp / "outage.py"), "--storage", str(store), "--tracking-uri", uri,
-                                   "--ray-address", "local", "--num-cpus", "2", "--report-seconds", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    return proc, store
+class Outage:
+    """A server of our own and a sweep logging to it, stopped (the server) once the trials train."""
+
+    def __init__(self, tmp: Path, epochs: int):
+        self.root, self.epochs = tmp / "mlflow", epochs
+        self.root.mkdir()
+        self.port = free_port()
+        self.server, uri = start_mlflow_server(self.root, self.port)
+        (tmp / "outage.py").write_text(SWEEP.format(epochs=epochs))
+        self.file, self.store = tmp / "outage.py", tmp / "store"
+        self.parquet = self.store / "outage" / "trials.parquet"
+        self.sweep = subprocess.Popen(
+            CLI + ["sweep", str(self.file), "--storage", str(self.store), "--tracking-uri", uri,
+                   "--ray-address", "local", "--num-cpus", "2", "--report-seconds", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            _wait(lambda: _epochs(self.parquet) >= 3, 300, "3 epochs of each trial")
+            stop_process(self.server)  # the tracking server goes away mid-sweep
+        except BaseException:
+            self.close()
+            raise
+
+    def start_server(self) -> str:
+        self.server, uri = start_mlflow_server(self.root, self.port)
+        return uri
+
+    def finish(self) -> tuple[str, str]:
+        out, err = self.sweep.communicate(timeout=600)
+        assert self.sweep.returncode == 0, out[-3000:] + err[-3000:]
+        return out, err
+
+    def close(self) -> None:
+        if self.sweep.poll() is None:
+            self.sweep.kill()
+            self.sweep.wait()
+        stop_process(self.server)
 
 
 def test_server_back_during_the_sweep(tmp_path):
-    epochs = 80
-    root = tmp_path / "mlflow"
-    root.mkdir()
-    port = free_port()
-    server, uri = start_mlflow_server(root, port)
-    sweep, store = _start_sweep(tmp_path, uri, epochs)
-    parquet = store / "outage" / "trials.parquet"
+    o = Outage(tmp_path, epochs=80)
     try:
-        _wait(lambda: _epochs(parquet) >= 3, 300, "3 epochs of each trial")
-        stop_process(server)  # the tracking server goes away mid-sweep
-        at_stop = _epochs(parquet)
-        _wait(lambda: _epochs(parquet) >= at_stop + 10, 300, "training to go on without MLflow")
-        assert _epochs(parquet) < epochs, "the sweep ended before the server could come back: make it longer"
-        server, _ = start_mlflow_server(root, port)  # and comes back
-        out, err = sweep.communicate(timeout=600)
+        at_stop = _epochs(o.parquet)
+        _wait(lambda: _epochs(o.parquet) >= at_stop + 10, 300, "training to go on without MLflow")
+        assert _epochs(o.parquet) < o.epochs, "the sweep ended before the server could come back: make it longer"
+        uri = o.start_server()  # and comes back
+        _, err = o.finish()
+        assert "MLflow at" in err and "back-filled" in err
+        _check_complete(uri, o.parquet, o.epochs)
     finally:
-        if sweep.poll() is None:
-            sweep.kill()
-            sweep.wait()
-        stop_process(server)
-    assert sweep.returncode == 0, out[-3000:] + err[-3000:]
-    assert "MLflow at" in err and "back-filled" in err
-    server, uri = start_mlflow_server(root, port)
-    try:
-        _check_complete(uri, parquet, epochs)
-    finally:
-        stop_process(server)
+        o.close()
 
 
 def test_server_back_after_the_sweep_backfilled_by_resume(tmp_path):
-    epochs = 30
-    root = tmp_path / "mlflow"
-    root.mkdir()
-    port = free_port()
-    server, uri = start_mlflow_server(root, port)
-    sweep, store = _start_sweep(tmp_path, uri, epochs)
-    parquet = store / "outage" / "trials.parquet"
+    o = Outage(tmp_path, epochs=30)  # gone for the rest of the sweep
     try:
-        _wait(lambda: _epochs(parquet) >= 3, 300, "3 epochs of each trial")
-        stop_process(server)  # gone for the rest of the sweep
-        out, err = sweep.communicate(timeout=600)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-            sweep.wait()
-    assert sweep.returncode == 0, out[-3000:] + err[-3000:]
-    assert "--resume" in err
-    df = pd.read_parquet(parquet)
-    assert df["finished"].sum() == 2 and len(df) == 2 * epochs  # every epoch landed without MLflow
-    server, uri = start_mlflow_server(root, port)
-    try:
-        again = subprocess.run(CLI + ["sweep", str(tmp_path / "outage.py"), "--storage", str(store), "--tracking-uri",
-                                      uri, "--ray-address", "local", "--num-cpus", "2", "--resume"],
+        _, err = o.finish()
+        assert "--resume" in err
+        df = pd.read_parquet(o.parquet)
+        assert df["finished"].sum() == 2 and len(df) == 2 * o.epochs  # every epoch landed without MLflow
+        uri = o.start_server()
+        again = subprocess.run(CLI + ["sweep", str(o.file), "--storage", str(o.store), "--tracking-uri", uri,
+                                      "--ray-address", "local", "--num-cpus", "2", "--resume"],
                                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
                                timeout=600)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-        _check_complete(uri, parquet, epochs)
+        _check_complete(uri, o.parquet, o.epochs)
     finally:
-        stop_process(server)
+        o.close()

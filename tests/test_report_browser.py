@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -108,6 +110,39 @@ class Browser:
                 task.cancel()
         return {"images": json.loads(res["result"]["value"]), "errors": errors, "title": title["result"]["value"]}
 
+    def text_when(self, url: str, needles: list[str], timeout: float = 90) -> tuple[str, str]:
+        """Load ``url`` (a single-page app) and wait until its text holds every needle; (text, final URL)."""
+        return asyncio.run(asyncio.wait_for(self._text_when(url, needles, timeout), timeout + 10))
+
+    async def _text_when(self, url: str, needles: list[str], timeout: float) -> tuple[str, str]:
+        import aiohttp
+
+        ids = itertools.count(1)
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(self._page_ws(), max_msg_size=0) as ws:
+
+                async def call(method: str, **params) -> dict:
+                    i = next(ids)
+                    await ws.send_json({"id": i, "method": method, "params": params})
+                    async for msg in ws:  # replies in order; events in between are skipped
+                        m = json.loads(msg.data)
+                        if m.get("id") == i:
+                            return m.get("result", {})
+                    raise RuntimeError("DevTools closed the connection")
+
+                await call("Page.navigate", url=url)
+                deadline = time.time() + timeout
+                text = ""
+                while time.time() < deadline:
+                    r = await call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
+                                   returnByValue=True)
+                    text = r.get("result", {}).get("value", "") or ""
+                    if all(n in text for n in needles):
+                        break
+                    await asyncio.sleep(1.0)
+                where = await call("Runtime.evaluate", expression="location.href", returnByValue=True)
+        return text, where.get("result", {}).get("value", "")
+
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
@@ -141,3 +176,39 @@ def test_the_check_sees_a_broken_image_and_console_errors(browser, tmp_path):
     assert [i["width"] for i in res["images"]] == [0, 0]
     assert any("boom" in e for e in res["errors"]) and any("undefinedFunction" in e for e in res["errors"])
     assert any("missing.png" in e or "ERR_FILE_NOT_FOUND" in e for e in res["errors"]), res["errors"]
+
+
+UI_SWEEP = """
+NAME = "ui_check"
+
+def trials(data_root=None):
+    return [{"optim": {"epochs": 2}, "data": {"max_train": 100}, "name": "ui_run_true"},
+            {"optim": {"epochs": 2}, "data": {"max_train": 100}, "corruption": {"kind": "labels", "level": 1.0},
+             "name": "ui_run_random"}]
+"""
+
+
+def test_the_mlflow_ui_opens_a_sweep_on_its_runs(browser, mlflow_server, tmp_path):
+    """As a user looks: the link the sweep prints opens the experiment of a real `mlflow server` on its
+    trial runs (MLflow 3.17 opens an experiment on its GenAI overview, where the runs are not listed,
+    unless the link asks for the model-training view)."""
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "ui_check.py").write_text(UI_SWEEP)
+    p = subprocess.run([sys.executable, "-m", "rethink_dist.cli", "sweep", str(tmp_path / "ui_check.py"), "--storage",
+                        str(tmp_path / "store"), "--tracking-uri", mlflow_server, "--ray-address", "local",
+                        "--num-cpus", "1"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    exp = MlflowClient(mlflow_server).get_experiment_by_name("ui_check")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    link = next(line.split()[-1] for line in p.stdout.splitlines() if line.startswith("MLflow UI:"))
+    assert link.startswith(f"{mlflow_server}/#/experiments/{exp.experiment_id}")  # the link the sweep printed
+    # The runs table (the sweep's parent run, its two trial runs folded under it), not the GenAI
+    # overview ("Observability", traces) where MLflow 3.17 opens an experiment by default.
+    text, where = browser.text_when(link, ["Run Name", "3 matching runs"])
+    assert "Run Name" in text and "3 matching runs" in text and "ui_check" in text, \
+        f"the page at {where} does not list the sweep's runs:\n{text[:1500]}"
+    assert "Observability" not in text, f"the page at {where} is the GenAI overview"
+    default, _ = browser.text_when(f"{mlflow_server}/#/experiments/{exp.experiment_id}", ["Observability"], timeout=30)
+    assert "Observability" in default, "control: without the link's view, MLflow opens the GenAI overview"

@@ -12,6 +12,7 @@ from rethink_dist.errors import UsageError
 from rethink_dist.files import check_writable
 from rethink_dist.sweep.driver import DEFAULT_STORAGE, can_restore, run_sweep
 from rethink_dist.sweep.plan import load_sweep
+from rethink_dist.tracking import ui_lines
 
 NAME = "demo"
 HELP = "run sweeps/quick.py (digits, no network, no GPU needed), print its table and write its report"
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"\nParquet table: {out['parquet']}")
     print(f"MLflow store:  {out['tracking_uri']}  (experiment {out['experiment']!r})")
-    print(f"MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {out['tracking_uri']} --host 127.0.0.1")
+    print("\n".join(ui_lines(out["tracking_uri"], out["experiment_id"], mlflow=".venv/bin/mlflow")))
     print("Report:        ", end="", flush=True)
     rc = report.run(argparse.Namespace(results=out["results_dir"], out=None, tracking_uri=None, experiment=None,
                                        no_mlflow=False))

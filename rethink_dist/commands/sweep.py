@@ -10,7 +10,7 @@ from typing import Any
 
 from rethink_dist.errors import SweepError, UserError
 from rethink_dist.files import check_writable
-from rethink_dist.tracking import check_reachable, default_tracking_uri
+from rethink_dist.tracking import check_reachable, default_tracking_uri, ui_lines
 from rethink_dist.metrics import fmt
 from rethink_dist.sweep.driver import DEFAULT_STORAGE, MAX_FAILURES, run_sweep
 from rethink_dist.sweep.plan import load_sweep
@@ -107,8 +107,7 @@ def run_from_args(path: str, args: argparse.Namespace) -> int:
     print_summary(out["summary"])
     print(f"\nParquet table: {out['parquet']}")
     print(f"MLflow store:  {out['tracking_uri']}  (experiment {out['experiment']!r})")
-    if out["tracking_uri"].startswith("sqlite:"):
-        print(f"Open the MLflow UI: mlflow ui --backend-store-uri {out['tracking_uri']} --host 127.0.0.1")
+    print("\n".join(ui_lines(out["tracking_uri"], out["experiment_id"])))
     return exit_code(out)
 
 

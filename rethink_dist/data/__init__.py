@@ -51,7 +51,7 @@ def load(name: str, root: str | None = None, download: bool = False) -> ArrayDat
 
 
 def digits_csv_path() -> Path:
-    """scikit-learn's bundled digits file, found without importing scikit-learn (2 s per process)."""
+    """scikit-learn's bundled digits file, found without importing scikit-learn (slow to import)."""
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")

@@ -82,8 +82,7 @@ class MemoryLoader:
         order = torch.randperm(self.num_train, generator=generator).to(self.device)
         for start in range(0, self.num_train, batch_size):
             idx = order[start : start + batch_size]
-            # index_select rather than x[idx]: on the CPU the gather of an MLP batch takes 0.13
-            # instead of 0.21 ms.
+            # index_select rather than x[idx]: the faster gather on the CPU (bench/train.py).
             if self.augment:
                 x = preprocess(self.train_raw.index_select(0, idx), self.crop, augment=True, pad=self.pad,
                                generator=generator, channels=self.channels)

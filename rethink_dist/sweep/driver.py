@@ -192,7 +192,7 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         writer._mlflow("ending the sweep's run", finish_run, tracking_uri, parent, status)
     summary = [rows[-1] for rows in (table.trial_rows(s.trial_id) for s in sweep.trials) if rows]
     return {"results_dir": str(folder), "parquet": str(folder / "trials.parquet"), "tracking_uri": tracking_uri,
-            "experiment": sweep.name, "summary": summary, "errors": errors, "unfinished": unfinished,
+            "experiment": sweep.name, "experiment_id": experiment_id, "summary": summary, "errors": errors, "unfinished": unfinished,
             "planned": len(sweep.trials)}
 
 

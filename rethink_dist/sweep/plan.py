@@ -118,7 +118,7 @@ def spec_from_item(item: Any, index: int, where: str) -> TrialSpec:
         try:
             KINDS[kind].check(params)
         except (ValueError, ConfigError) as e:
-            raise SweepError(f"{here} ({name}): {e}") from None
+            raise SweepError(f"{here} ({kind}): {e} (run {name})") from None
         body = {"kind": kind, "params": params}
         return TrialSpec(f"t{index:04d}-{_hash(body)}", kind, name, params)
     if not isinstance(item, (TrialConfig, dict)):
@@ -128,7 +128,7 @@ def spec_from_item(item: Any, index: int, where: str) -> TrialSpec:
         cfg = KINDS["network"].check(item)
         resolved = cfg.resolved()
     except (ConfigError, ValueError) as e:
-        raise SweepError(f"{here}{f' ({name})' if name else ''}: {e}") from None
+        raise SweepError(f"{here}: {e}{f' (run {name})' if name else ''}") from None
     return TrialSpec(f"t{index:04d}-{resolved.fingerprint()[:8]}", "network", resolved.name, cfg.to_dict())
 
 

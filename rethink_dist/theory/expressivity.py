@@ -267,7 +267,7 @@ def fit(
     if a == "spaced" or (a == "auto" and m <= d):
         Xu = X[keep_t].to(torch.float64)
         t = torch.arange(m, dtype=torch.float64, device=X.device) - (m - 1) / 2.0
-        # Minimum-norm solution of Xu a = t: a = Xu^T v with (Xu Xu^T) v = t, by Cholesky (4x faster
+        # Minimum-norm solution of Xu a = t: a = Xu^T v with (Xu Xu^T) v = t, by Cholesky (faster
         # than a QR here), plus one step of iterative refinement. The m x m Gram matrix is no larger
         # than Xu (m <= d). Linearly dependent samples make the Cholesky fail or the check below.
         L, info = torch.linalg.cholesky_ex(Xu @ Xu.T)
