@@ -49,6 +49,20 @@ def _on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _exit_interrupted() -> None:
+    """Exit with 130 now. A Ctrl-C that arrived while an extension ran Python code (an import
+    inside numba or torch) leaves CPython's "unhandled KeyboardInterrupt" mark even once we caught
+    it, and CPython would then end the process by SIGINT (-2) instead of our 130. The exit handlers
+    run first (Ray's shutdown among them) and the streams are flushed."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> int:
     # First of all: a Ctrl-C while the commands' libraries load must reach us, not one of them.
     on_main = threading.current_thread() is threading.main_thread()
@@ -65,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     except KeyboardInterrupt:
         print("rethink-dist: interrupted", file=sys.stderr)
+        if argv is None:  # the command itself (not a caller in Python): end with 130, whatever Python thinks
+            _exit_interrupted()
         return EXIT_INTERRUPTED
     except Exception as e:
         if isinstance(e, UserError):
