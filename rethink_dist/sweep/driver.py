@@ -182,6 +182,8 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
                 unfinished += not failed and not done
                 writer.reconcile(tid, result.checkpoint, finished=done,
                                  status="FINISHED" if done else "FAILED" if failed else "KILLED")
+            # Trials an interrupted Tune never started have no result at all: unfinished too.
+            unfinished += max(0, len(sweep.trials) - len(grid))
         status = "FAILED" if errors else "KILLED" if unfinished else "FINISHED"
     except BaseException:
         status = "KILLED"
