@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(MAKE) system-deps
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[ffcv,dev]'
+	$(PY) -m pip install -q -e '.[ffcv,dev,timm]'
 	touch $(STAMP)
 
 venv: $(STAMP)

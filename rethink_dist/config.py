@@ -25,7 +25,8 @@ from typing import Any, Mapping
 
 from rethink_dist import protocol
 from rethink_dist.errors import ConfigError
-from rethink_dist.protocol import DATASETS, MODELS
+from rethink_dist.external import check_model_name, dataset_facts
+from rethink_dist.protocol import MODELS
 
 _DEFER_CHECKS = contextvars.ContextVar("rethink_defer_checks", default=False)
 
@@ -165,9 +166,7 @@ class TrialConfig:
     # ------------------------------------------------------------------ defaults
     def resolved(self) -> "TrialConfig":
         """The config with every ``None`` default replaced by the dataset's / architecture's value."""
-        if self.data.name not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.data.name!r}; valid: {', '.join(sorted(DATASETS))}")
-        info = DATASETS[self.data.name]
+        info = dataset_facts(self.data.name)
         optim = self.optim
         optim = dataclasses.replace(
             optim,
@@ -185,9 +184,7 @@ class TrialConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ConfigError for the first invalid value, naming it and what is valid."""
-        if self.data.name not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.data.name!r}; valid: {', '.join(sorted(DATASETS))}")
-        info = DATASETS[self.data.name]
+        info = dataset_facts(self.data.name)
         _choice("data.loader", self.data.loader, LOADERS)
         if self.data.loader not in info.loaders:
             raise ConfigError(
@@ -219,10 +216,10 @@ class TrialConfig:
         if c.seed < 0:
             raise ConfigError(f"corruption.seed must be >= 0, got {c.seed}")
 
-        if self.model.name not in MODELS:
-            raise ConfigError(f"unknown architecture {self.model.name!r}; valid: {', '.join(sorted(MODELS))}")
-        caps = MODELS[self.model.name]
-        bad_kw = set(self.model.kwargs) - set(caps.kwargs)
+        # An outside model (torchvision:, timm:, module:callable) takes any keyword arguments, and says
+        # what it can express (dropout, no BatchNorm) when it is built: rethink_dist.train.preflight.
+        caps = MODELS[self.model.name] if check_model_name(self.model.name) == "builtin" else None
+        bad_kw = set(self.model.kwargs) - set(caps.kwargs) if caps else set()
         if bad_kw:
             raise ConfigError(
                 f"model.kwargs {sorted(bad_kw)} not accepted by {self.model.name!r}; valid: {', '.join(caps.kwargs) or 'none'}"
@@ -243,9 +240,9 @@ class TrialConfig:
         if r.weight_decay < 0 or not math.isfinite(r.weight_decay):
             raise ConfigError(f"reg.weight_decay must be >= 0, got {r.weight_decay}")
         _in_range("reg.dropout", r.dropout, 0.0, 1.0, hi_open=True)
-        if r.dropout > 0 and not caps.dropout:
+        if r.dropout > 0 and caps and not caps.dropout:
             raise ConfigError(f"reg.dropout is not supported by {self.model.name!r}")
-        if not r.batch_norm and not caps.batch_norm_switch:
+        if not r.batch_norm and caps and not caps.batch_norm_switch:
             valid = ", ".join(n for n in sorted(MODELS) if MODELS[n].batch_norm_switch)
             raise ConfigError(f"reg.batch_norm=False is not supported by {self.model.name!r}; valid: {valid}")
 
@@ -408,8 +405,8 @@ def run_name(cfg: TrialConfig, optim: OptimConfig | None = None) -> str:
     optim = optim or cfg.optim
     c = cfg.corruption
     corr = "true" if c.kind == "none" else (f"labels{c.level:g}" if c.kind == "labels" else c.kind)
-    arch = cfg.model.name + ("" if cfg.reg.batch_norm else "_nobn")
-    parts = [cfg.data.name, corr, arch]
+    arch = _short(cfg.model.name) + ("" if cfg.reg.batch_norm else "_nobn")
+    parts = [_short(cfg.data.name), corr, arch]
     if optim.lr is not None:
         parts.append(f"lr{optim.lr:g}")
     parts += [f"wd{cfg.reg.weight_decay:g}", f"aug{int(cfg.reg.augment)}"]
@@ -417,6 +414,14 @@ def run_name(cfg: TrialConfig, optim: OptimConfig | None = None) -> str:
         parts.append(f"do{cfg.reg.dropout:g}")
     parts.append(f"s{cfg.seed}")
     return "_".join(parts)
+
+
+def _short(name: str) -> str:
+    """A name for run names: ``torchvision:resnet18`` -> ``torchvision-resnet18``, ``pkg.mod:fn`` -> ``fn``."""
+    if ":" not in name:
+        return name
+    prefix, target = name.split(":", 1)
+    return f"{prefix}-{target}" if prefix in ("torchvision", "timm") else target.rsplit(".", 1)[-1]
 
 
 # ---------------------------------------------------------------------------------- helpers

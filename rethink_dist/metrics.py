@@ -51,6 +51,8 @@ class ConsoleSink(Sink):
         print(f"[{config.name}] {meta.get('params', '?')} parameters on {meta.get('device', '?')}, "
               f"{meta.get('num_train', '?')} training samples, {meta.get('labels_changed', 0)} labels changed, "
               f"up to {self.total} epochs", file=self.stream, flush=True)
+        if meta.get("model_adapted") not in (None, "nothing"):
+            print(f"  {config.model.name} adapted to the data: {meta['model_adapted']}", file=self.stream, flush=True)
 
     def log_epoch(self, r: dict[str, Any]) -> None:
         if r["epoch"] % (self.every or 1) == 0 or r["epoch"] == self.total or r["epoch"] == 1:

@@ -29,6 +29,7 @@ from rethink_dist.config import TrialConfig
 from rethink_dist.data import dataset_info, load
 from rethink_dist.data.memory import MemoryLoader, corrupt_dataset
 from rethink_dist.errors import ConfigError
+from rethink_dist.external import is_external
 from rethink_dist.metrics import Sink
 from rethink_dist.models import count_params, create
 from rethink_dist.records import summarize
@@ -108,13 +109,39 @@ def check_input_fits(model: nn.Module, cfg: TrialConfig, input_shape: tuple[int,
     try:
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=device))
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, AssertionError, IndexError) as e:  # what libraries raise for a bad shape
         shape = "x".join(str(v) for v in input_shape)
         raise ConfigError(f"model {cfg.model.name!r} cannot take the {shape} inputs of dataset {cfg.data.name!r} "
                           f"(data.image_size={cfg.data.image_size}, data.channels={cfg.data.channels}): "
                           f"{str(e).splitlines()[0]}") from None
     finally:
         model.train(was_training)
+
+
+_PREFLIGHT_DONE: set[str] = set()
+
+
+def preflight(cfg: TrialConfig) -> None:
+    """Before any trial starts: a model or data set from outside the package (torchvision:, timm:,
+    module:callable) is loaded, built once on the CPU and given a zero image of the data's shape, so
+    that a name that does not build, a builder without the asked regularizer, or arrays of the wrong
+    shape are bad input said in one line, not a failed trial. The package's own models and data sets
+    need no such check. Once per distinct model and input per process."""
+    r = cfg.resolved()
+    if not (is_external(r.model.name) or is_external(r.data.name)):
+        return
+    info = dataset_info(r.data.name)  # a user's data set is loaded (once per process) and checked here
+    if not is_external(r.model.name):
+        return
+    input_shape = (int(r.data.channels), int(r.data.image_size), int(r.data.image_size))
+    key = json.dumps([r.model.name, dict(r.model.kwargs), input_shape, info.num_classes, r.reg.dropout,
+                      r.reg.batch_norm], sort_keys=True, default=str)
+    if key in _PREFLIGHT_DONE:
+        return
+    model = create(r.model.name, input_shape, info.num_classes, dropout=r.reg.dropout, batch_norm=r.reg.batch_norm,
+                   **dict(r.model.kwargs))
+    check_input_fits(model, r, input_shape, torch.device("cpu"))
+    _PREFLIGHT_DONE.add(key)
 
 
 _FREED_MEMORY_KEPT = False
@@ -199,6 +226,8 @@ class Trial:
         )
         if self.device.type == "cpu":
             keep_freed_memory()
+        if getattr(self.model, "adapted", None) is not None:  # an outside model: what was changed for the data
+            self.meta["model_adapted"] = "; ".join(self.model.adapted) or "nothing"
         self.meta.update({
             "params": count_params(self.model),
             "device": str(self.device),

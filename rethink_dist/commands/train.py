@@ -35,7 +35,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """The trial-config flags (shared by every command that builds one trial config)."""
     B = argparse.BooleanOptionalAction
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="digits (embedded, default) | fashion_mnist | cifar10 | synthetic | imagenet")
+    g.add_argument("--dataset", help="digits (embedded, default) | fashion_mnist | cifar10 | synthetic | imagenet | "
+                                           "MODULE:FUNCTION (your own data set: docs/own-code.md)")
     g.add_argument("--data-root", help="folder with the dataset's raw files (cifar10: holds cifar-10-batches-py; "
                                        "fashion_mnist: the four IDX files, default /usr/share/datasets/fashion-mnist)")
     g.add_argument("--download", action=B, default=None, help="download the raw files when missing (network)")
@@ -51,7 +52,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corruption-seed", type=int, help="seed of the corruption (default 0)")
     g.add_argument("--corrupt-test", action=B, default=None, help="also corrupt test labels (default: no)")
     g = p.add_argument_group("model and optimiser")
-    g.add_argument("--arch", help="mlp_1x512 | mlp_3x512 | alexnet_small | inception_small | inception_v3")
+    g.add_argument("--arch", help="mlp_1x512 | mlp_3x512 | alexnet_small | inception_small | inception_v3 | "
+                                        "torchvision:NAME | timm:NAME | MODULE:FUNCTION (docs/own-code.md)")
     g.add_argument("--lr", type=float, help="initial learning rate (default: 0.1 Inception, 0.01 others)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--lr-decay", type=float, help="lr factor per epoch (default: the dataset's)")
@@ -62,7 +64,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", action=B, default=None, help="random crops instead of centre crops")
     g.add_argument("--dropout", type=float, help="dropout probability (default 0)")
     g.add_argument("--no-batch-norm", dest="batch_norm", action="store_const", const=False, default=None,
-                   help="inception_small without BatchNorm")
+                   help="without BatchNorm (inception_small, torchvision models with a norm_layer, "
+                        "your own builder taking batch_norm)")
     g = p.add_argument_group("stopping and run")
     g.add_argument("--stop-when-fitted", action=B, default=None, help="stop once the training set is fitted")
     g.add_argument("--fit-threshold", type=float, help="training accuracy that counts as fitted (default 1.0)")

@@ -10,6 +10,8 @@ train and a test split.
   (default: Debian's ``/usr/share/datasets/fashion-mnist``).
 - ``synthetic``: generated Gaussian class blobs, for fast tests.
 - ``imagenet``: the ILSVRC-2012 folder layout, read through FFCV .beton files only.
+- ``<module>:<callable>``: your own data set, the arrays your function returns
+  (:mod:`rethink_dist.external` says what it must return).
 """
 
 from __future__ import annotations
@@ -23,20 +25,23 @@ from rethink_dist.data.arrays import ArrayDataset
 from rethink_dist.data.cifar import read_cifar10
 from rethink_dist.data.fashion_mnist import read_fashion_mnist
 from rethink_dist.errors import DataError
+from rethink_dist.external import dataset_facts, is_external, load_user_data
 from rethink_dist.protocol import DATASETS, DatasetInfo
 
 __all__ = ["DATASETS", "ArrayDataset", "DataError", "DatasetInfo", "dataset_info", "load"]
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    """The facts of a built-in data set or of your ``module:callable`` (see rethink_dist.external)."""
+    return dataset_facts(name)
 
 
 def load(name: str, root: str | None = None, download: bool = False) -> ArrayDataset:
     """Load dataset ``name`` into memory (uint8 N x H x W x C images, int64 labels)."""
     info = dataset_info(name)
+    if is_external(name):
+        tr_x, tr_y, te_x, te_y = load_user_data(name)
+        return ArrayDataset(name, tr_x, tr_y, te_x, te_y, tuple(str(i) for i in range(info.num_classes)), name)
     loaders: dict[str, Callable[[], ArrayDataset]] = {
         "digits": lambda: _digits(),
         "synthetic": lambda: _synthetic(),

@@ -5,6 +5,9 @@ Each family lives in its own module and registers its builders with
 :data:`rethink_dist.protocol.MODELS`. A builder
 takes ``input_shape`` as (C, H, W), ``num_classes`` and its keyword arguments; ``dropout`` and
 ``batch_norm`` are passed only to the models that declare they support them.
+
+Outside architectures (``torchvision:<builder>``, ``timm:<name>``, ``<module>:<callable>``) are
+built by :mod:`rethink_dist.models.external`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch.nn as nn
 # The families register their builders when imported.
 from rethink_dist.models import alexnet, inception, inception_v3, mlp  # noqa: F401
 from rethink_dist.errors import ConfigError
+from rethink_dist.external import is_external
+from rethink_dist.models import external
 from rethink_dist.models.registry import BUILDERS
 from rethink_dist.protocol import MODELS, ModelSpec
 
@@ -28,6 +33,8 @@ def model_capabilities(name: str) -> ModelSpec:
 
 def create(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwargs) -> nn.Module:
     """Build model ``name`` for inputs of shape (C, H, W) and ``num_classes`` outputs."""
+    if is_external(name):
+        return external.build(name, input_shape, num_classes, **kwargs)
     caps = model_capabilities(name)
     dropout = kwargs.pop("dropout", 0.0)
     batch_norm = kwargs.pop("batch_norm", True)
