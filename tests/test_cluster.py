@@ -454,9 +454,10 @@ class TokenCluster:
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
-@pytest.fixture()
-def token_cluster(tmp_path):
-    cluster = TokenCluster(tmp_path)
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    """One two-node cluster for this module's job tests (the elastic test, last, loses its worker)."""
+    cluster = TokenCluster(tmp_path_factory.mktemp("cluster"))
     try:
         yield cluster
     finally:
@@ -470,6 +471,73 @@ def _parquet_rows(path: Path) -> list[dict]:
         return pq.read_table(path).to_pylist()
     except (OSError, ValueError):  # not written yet, or being replaced
         return []
+
+
+def _wait_job(cluster: TokenCluster, submission: str, timeout: float) -> str:
+    deadline = time.time() + timeout
+    while cluster.job(submission).get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.time() < deadline, f"the job did not finish: {cluster.get(f'/api/jobs/{submission}/logs')}"
+        time.sleep(1)
+    return (cluster.get(f"/api/jobs/{submission}/logs") or {}).get("logs", "")
+
+
+def test_job_submit_ships_the_users_own_model_and_data(token_cluster, mlflow_server, tmp_path):
+    """sweeps/own_code.py (a user's model and data set from a package that is not installed, and a
+    torchvision ResNet-18) submitted with `ray job submit --working-dir`: the sweep's RUNTIME_ENV
+    ships the package to both nodes, and every epoch lands once in Parquet and in MLflow."""
+    cluster = token_cluster
+    work = tmp_path / "work"  # what a laptop would submit: the sweep file and the user's package
+    shutil.copytree(REPO / "examples" / "own_code", work / "examples" / "own_code",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "sweeps").mkdir()
+    shutil.copy(REPO / "sweeps" / "own_code.py", work / "sweeps" / "own_code.py")
+    not_here = subprocess.run([str(VENV_BIN / "python"), "-c", "import my_research"], env=cluster.env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+    assert not_here.returncode != 0 and "No module named 'my_research'" in not_here.stderr, "the package is installed"
+
+    storage = tmp_path / "storage"
+    submission = "own-code-sweep"
+    submit = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.api, "--submission-id", submission,
+         "--working-dir", str(work), "--no-wait", "--", str(VENV_BIN / "python"), "sweeps/own_code.py", "--smoke",
+         "--storage", str(storage), "--tracking-uri", mlflow_server, "--report-seconds", "0"],
+        env=cluster.env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert submit.returncode == 0, submit.stderr[-3000:]
+    worker_pids: set[int] = set()
+    deadline = time.time() + 300
+    while cluster.job(submission).get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        worker_pids |= {p.pid for p in _tree(cluster.worker)}
+        assert time.time() < deadline, f"the job did not finish: {cluster.get(f'/api/jobs/{submission}/logs')}"
+        time.sleep(0.5)
+    logs = _wait_job(cluster, submission, 10)
+    assert cluster.job(submission)["status"] == "SUCCEEDED", logs[-5000:]
+    assert "4/4 trials with results, 0 failed" in logs, logs[-3000:]
+
+    plan = json.loads((storage / "own_code-smoke" / "sweep.json").read_text())
+    trial_ids = [t["trial_id"] for t in plan["trials"]]
+    models = sorted({t["config"]["model"]["name"] for t in plan["trials"]})
+    assert models == ["my_research.nets:make_net", "torchvision:resnet18"], models
+    assert {t["config"]["data"]["name"] for t in plan["trials"]} == {"my_research.data:gratings"}
+    rows = _parquet_rows(storage / "own_code-smoke" / "trials.parquet")
+    for tid in trial_ids:
+        assert sorted(r["epoch"] for r in rows if r["trial_id"] == tid) == [1, 2], tid
+    assert any(r["pid"] in worker_pids for r in rows), "no trial ran on the worker node"
+    assert any(r["pid"] not in worker_pids for r in rows), "no trial ran on the head node"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("own_code-smoke")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`rethink.role` = 'trial'")
+    assert sorted(r.data.tags["rethink.trial_id"] for r in runs) == sorted(trial_ids)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2]
+        adapted = run.data.params["meta.model_adapted"]
+        if run.data.params["model.name"] == "torchvision:resnet18":
+            assert adapted.startswith("stem: 3x3 stride-1 conv"), adapted
+        else:
+            assert adapted == "nothing"
 
 
 def test_job_submit_survives_losing_the_worker_node(token_cluster, mlflow_server, tmp_path):

@@ -12,6 +12,7 @@ Results: docs/results-format.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -33,19 +34,24 @@ DEFAULT_STORAGE = "results"
 MAX_FAILURES = 5  # retries of one trial (a lost spot node counts as one); -1: unlimited
 
 
-def connect_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join the cluster this node belongs to (under ``ray submit``), the given address, or start a local Ray."""
+def connect_ray(address: str | None, num_cpus: int | None, runtime_env: dict[str, Any] | None = None) -> None:
+    """Join the cluster this node belongs to (under ``ray submit``), the given address, or start a local
+    Ray; ``runtime_env`` (a sweep's RUNTIME_ENV) is every trial's (Ray merges it with a submitted job's)."""
     import ray
 
     if ray.is_initialized():
+        if runtime_env:
+            print("rethink-dist: warning: Ray was started before the sweep: its RUNTIME_ENV is not applied (the "
+                  "trials import the user's code only if the workers already can)", file=sys.stderr, flush=True)
         return
+    kw = {"runtime_env": runtime_env} if runtime_env else {}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address in (None, "", "auto"):
         # Under `ray submit` / `ray job submit` this node belongs to a cluster: join it.
         if address == "auto" or Path(tempfile.gettempdir(), "ray", "ray_current_cluster").exists():
             try:
-                ray.init(address="auto", log_to_driver=True)
+                ray.init(address="auto", log_to_driver=True, **kw)
                 return
             except (ConnectionError, RuntimeError):
                 if address == "auto":
@@ -53,9 +59,27 @@ def connect_ray(address: str | None, num_cpus: int | None) -> None:
         address = "local"
     if address == "local":
         # address="local" starts a new instance even where another Ray runs on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, **kw)
     else:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, **kw)
+
+
+@contextlib.contextmanager
+def _outside_ray_working_dir(folder: Path):
+    """Under ``ray job submit --working-dir`` this process starts in Ray's copy of that folder, and Ray
+    replaces the copy (same path, new folder) when it sets up the trials' workers on this node: the
+    process would be left in a deleted folder, where Tune's end-of-sweep analysis fails (getcwd).
+    Work in the sweep's results folder meanwhile (every path is absolute by now), then go back."""
+    here = os.getcwd()
+    if f"{os.sep}runtime_resources{os.sep}" not in here:
+        yield
+        return
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.chdir(here)  # the path again: Ray's new copy of the working dir
 
 
 def storage_paths(storage: str, sweep: str) -> tuple[str, Path | None]:
@@ -142,7 +166,7 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     writer = ResultsWriter(table, tracking, sweep.name, {s.trial_id: s.to_dict() for s in sweep.trials},
                            {s.trial_id: s.flat() for s in sweep.trials})
 
-    connect_ray(ray_address, num_cpus)
+    connect_ray(ray_address, num_cpus, sweep.runtime_env)
     fn = tune.with_resources(trainable, _trial_resources)
     run_config = tune.RunConfig(
         name="tune", storage_path=tune_storage,
@@ -159,7 +183,7 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     errors = unfinished = 0
     try:
         # On --resume, Tune unpickles the callback it saved: inside live() that copy is this writer.
-        with table.live(), writer.live():
+        with table.live(), writer.live(), _outside_ray_working_dir(folder):
             if resume:
                 tuner = tune.Tuner.restore(tune_dir, fn, resume_unfinished=True, resume_errored=True)
             else:

@@ -4,6 +4,11 @@ A sweep file (see sweeps/) defines ``NAME`` and ``trials(data_root) -> list``: e
 :class:`~rethink_dist.config.TrialConfig` (or its nested dict) for a network trial, or
 ``{"kind": "expressivity" | "kernel", "params": {...}, "name": optional}`` for a theory trial.
 Every trial is checked here, each error naming the file, the trial's index and its run name.
+
+A sweep whose models or data sets are the user's own code may define ``RUNTIME_ENV``, Ray's
+runtime environment for every trial (``py_modules``, ``working_dir``, ``env_vars``, ``pip``, ...):
+local paths in ``py_modules`` and ``working_dir`` are relative to the sweep file, and this process
+imports from them too (it checks the trials). docs/own-code.md shows it.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from rethink_dist import theory
 from rethink_dist.config import TrialConfig, deferred_checks
 from rethink_dist.errors import ConfigError, SweepError
-from rethink_dist.protocol import DATASETS
+from rethink_dist.external import dataset_facts
 
 
 # ------------------------------------------------------------------------------------------
@@ -41,6 +47,9 @@ class TrialKind:
 def _check_network(item: Any) -> TrialConfig:
     cfg = item if isinstance(item, TrialConfig) else TrialConfig.from_dict(item)
     cfg.validate()
+    from rethink_dist.train import preflight  # torch: imported only when a sweep is checked
+
+    preflight(cfg)  # an outside model or data set: built and loaded once here, before Ray
     return cfg
 
 
@@ -101,6 +110,47 @@ class Sweep:
     path: str
     trials: list[TrialSpec]
     doc: str = ""
+    runtime_env: dict[str, Any] | None = None  # Ray's runtime environment of every trial (RUNTIME_ENV)
+
+
+RUNTIME_ENV_PATH_KEYS = ("working_dir", "py_modules")
+
+
+def runtime_env_of(module: Any, path: Path, where: str) -> dict[str, Any] | None:
+    """The sweep file's ``RUNTIME_ENV`` with its local paths made absolute (relative to the file), and
+    those paths importable here: the trials are checked in this process, which imports the user's code."""
+    env = getattr(module, "RUNTIME_ENV", None)
+    if env is None:
+        return None
+    if not isinstance(env, dict):
+        raise SweepError(f"{where}: RUNTIME_ENV must be a dict (Ray's runtime_env), got {type(env).__name__}")
+    env = dict(env)
+
+    def local(value: Any, key: str) -> Any:
+        if not isinstance(value, str) or "://" in value:
+            return value  # a remote URI (s3://, gs://) or a module object: Ray takes it as it is
+        p = (path.parent / value).resolve()
+        if not p.exists():
+            raise SweepError(f"{where}: RUNTIME_ENV[{key!r}] names {value!r}, which does not exist at {str(p)!r}; "
+                             "valid: a path relative to the sweep file")
+        return str(p)
+
+    if "working_dir" in env:
+        env["working_dir"] = local(env["working_dir"], "working_dir")
+    if "py_modules" in env:
+        if not isinstance(env["py_modules"], (list, tuple)):
+            raise SweepError(f"{where}: RUNTIME_ENV['py_modules'] must be a list, got {type(env['py_modules']).__name__}")
+        env["py_modules"] = [local(v, "py_modules") for v in env["py_modules"]]
+    importable = []
+    if isinstance(env.get("working_dir"), str) and Path(env["working_dir"]).is_dir():
+        importable.append(env["working_dir"])
+    for m in env.get("py_modules", []):
+        if isinstance(m, str) and Path(m).is_dir():
+            importable.append(str(Path(m).parent))  # a package folder: import it by its name
+    for folder in importable:
+        if folder not in sys.path:
+            sys.path.append(folder)
+    return env
 
 
 def spec_from_item(item: Any, index: int, where: str) -> TrialSpec:
@@ -183,6 +233,7 @@ def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: boo
     path = Path(path).resolve()
     where = f"sweep file {str(path)!r}"
     module = _import_file(path)
+    runtime_env = runtime_env_of(module, path, where)  # before the trials are checked: they import from it
     name = getattr(module, "NAME", None)
     if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
         raise SweepError(f"{where} must define NAME, a name without spaces or slashes")
@@ -214,7 +265,7 @@ def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: boo
             raise SweepError(f"{where}: trial {i} repeats trial {seen[key]} ({s.run_name})")
         seen[key] = i
     _check_data(specs, where)
-    return Sweep(name, str(path), specs, (module.__doc__ or "").strip())
+    return Sweep(name, str(path), specs, (module.__doc__ or "").strip(), runtime_env)
 
 
 def _with_resources(item: Any, resources: dict[str, float], index: int, where: str) -> Any:
@@ -266,5 +317,5 @@ def _check_data(specs: list[TrialSpec], where: str) -> None:
             folder = d.get(key)
             if folder and "://" not in folder and not Path(folder).exists():
                 raise SweepError(f"{where}, trial {i} ({s.run_name}): data.{key} {folder!r} does not exist")
-        if DATASETS[d["name"]].needs_root and d.get("loader") == "memory" and not d.get("root"):
+        if dataset_facts(d["name"]).needs_root and d.get("loader") == "memory" and not d.get("root"):
             raise SweepError(f"{where}, trial {i} ({s.run_name}): dataset {d['name']!r} needs --data-root")
