@@ -12,7 +12,8 @@ measured; a section that fails records its error and the others still run):
 - ``archs``: MLP 1x512, MLP 3x512, small AlexNet, small Inception on 50,000 CIFAR-format images
   held on the device, fp32 and bf16: whole-epoch training images/s (the second epoch; the first
   warms up cuDNN and the allocator; --smoke times the first), evaluation seconds (both splits), training FLOP/s (FLOPs
-  counted by torch's FlopCounterMode on one step) and their fraction of the bf16 ceiling.
+  counted by torch's FlopCounterMode on one step) and their fraction of the ceiling measured in the
+  same precision (``of_ceiling``: an fp32 trial against the fp32 product, a bf16 trial against bf16).
 - ``sharing``: 1, 2, 4, 8 processes, each a small trial (MLP 1x512 on 10,000 images) on the same
   GPU, as fractional ``resources.gpus`` places them: aggregate images/s against one alone.
 - ``inception_v3``: 299x299, batch 32/64/128, bf16 autocast, channels_last: training images/s
@@ -203,7 +204,7 @@ def ceiling_section(device, sizes) -> dict[str, Any]:
             "fp32_flops_per_s": matmul_flops(device, sizes["matmul"], "fp32")}
 
 
-def archs_section(device, sizes, ceiling: float, check: Check) -> dict[str, Any]:
+def archs_section(device, sizes, ceiling: dict[str, float], check: Check) -> dict[str, Any]:
     ds = cifar_like(sizes["n_train"], sizes["n_test"])
     out: dict[str, Any] = {"n_train": sizes["n_train"], "n_test": sizes["n_test"]}
     for arch in sizes["archs"]:
@@ -220,7 +221,7 @@ def archs_section(device, sizes, ceiling: float, check: Check) -> dict[str, Any]
             ips = rec["images_per_s"]
             row[precision] = {"images_per_s": ips, "train_seconds": rec["train_seconds"],
                               "eval_seconds": rec["eval_seconds"], "flops_per_s": flops * ips,
-                              "of_bf16_ceiling": flops * ips / ceiling, "channels_last": trial.channels_last}
+                              "of_ceiling": flops * ips / ceiling[precision], "channels_last": trial.channels_last}
             del trial
             if device.type == "cuda":
                 import torch
@@ -386,7 +387,7 @@ def main(argv=None) -> int:
     check.result["mode"] = "smoke" if args.smoke else "full"
     check.section("env", lambda: env_section(device))
     check.section("ceiling", lambda: ceiling_section(device, sizes))
-    ceiling = check.result["ceiling"].get("bf16_flops_per_s") or float("nan")
+    ceiling = {p: check.result["ceiling"].get(f"{p}_flops_per_s") or float("nan") for p in ("fp32", "bf16")}
     check.section("archs", lambda: archs_section(device, sizes, ceiling, check))
     check.section("sharing", lambda: sharing_section(device, sizes, args.smoke))
     check.section("inception_v3", lambda: inception_v3_section(device, sizes))

@@ -261,6 +261,16 @@ class TrialConfig:
                 raise ConfigError(f"resources.gpus={res.gpus} with resources.ddp_workers={res.ddp_workers}: each "
                                   "data-parallel worker needs whole GPUs (NCCL refuses two ranks on one GPU); "
                                   "valid: 0, 1, 2, ...")
+            # The backend follows the device (rethink_dist.sweep.ddp): NCCL where the workers hold
+            # GPUs, gloo where they do not; a device that contradicts the resources is refused.
+            if self.device == "cpu" and res.gpus > 0:
+                raise ConfigError(f"device='cpu' with resources.gpus={res.gpus} and resources.ddp_workers="
+                                  f"{res.ddp_workers}: each worker would hold GPUs it does not use; valid: "
+                                  "resources.gpus=0 (gloo on CPUs), or device='auto' / 'cuda' (NCCL on the GPUs)")
+            if self.device == "cuda" and res.gpus == 0:
+                raise ConfigError(f"device='cuda' with resources.gpus=0 and resources.ddp_workers={res.ddp_workers}: "
+                                  "Ray gives a worker only the GPUs it asks for; valid: resources.gpus=1 (or more), "
+                                  "or device='auto' / 'cpu'")
             if self.optim.batch_size % res.ddp_workers:
                 raise ConfigError(f"optim.batch_size={self.optim.batch_size} (the global batch) must be a multiple of "
                                   f"resources.ddp_workers={res.ddp_workers}")

@@ -190,6 +190,11 @@ class Trial:
         self.config = cfg = config.resolved()
         self.device = resolve_device(device or cfg.device)
         on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            # The input shape is fixed for a whole trial: let cuDNN pick its fastest convolutions once.
+            # (Like CUDA's nondeterministic backward kernels, this makes a GPU resume equal to an
+            # uninterrupted run within rounding, not bit for bit: docs/speed.md.)
+            torch.backends.cudnn.benchmark = True
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
         owns_loader = loader is None
         if loader is None:

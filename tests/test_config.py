@@ -44,6 +44,11 @@ def test_flat_and_name():
     ({"data": {"name": "imagenet"}}, "cannot use data.loader='memory'"),
     ({"data": {"loader": "ffcv"}}, "needs data.beton_dir"),
     ({"model": {"kwargs": {"width": 3}}}, "not accepted"),
+    # a data-parallel trial's device must agree with its GPUs (NCCL on GPUs, gloo on CPUs)
+    ({"data": {"loader": "ffcv", "beton_dir": "/b"}, "device": "cpu",
+      "resources": {"ddp_workers": 2, "gpus": 1}}, "device='cpu' with resources.gpus=1"),
+    ({"data": {"loader": "ffcv", "beton_dir": "/b"}, "device": "cuda",
+      "resources": {"ddp_workers": 2, "gpus": 0}}, "device='cuda' with resources.gpus=0"),
 ])
 def test_bad_values_are_refused_with_one_line(d, match):
     with pytest.raises(ConfigError, match=match) as e:

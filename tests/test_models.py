@@ -71,3 +71,21 @@ def test_models_command_prints_paper_counts():
     out = subprocess.run([sys.executable, "-m", "rethink_dist.cli", "models", "--no-batch-norm"],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["inception_small"] == 1_649_402
+
+
+def test_lrn_is_computed_in_float32_under_bfloat16():
+    """bf16 rounds LRN's divisor 1 + 0.001 * mean(x^2) to 1 for most activations (CUDA autocast keeps
+    avg_pool3d in bf16): the small AlexNet's LRN computes in float32 and returns the input's dtype."""
+    from rethink_dist.models.alexnet import FP32LocalResponseNorm
+
+    assert torch.tensor(1.0 + 0.001 * 2.0, dtype=torch.bfloat16).item() == 1.0  # the rounding at issue
+    lrn = [m for m in create("alexnet_small", (3, 28, 28), 10).modules() if isinstance(m, torch.nn.LocalResponseNorm)]
+    assert len(lrn) == 2 and all(isinstance(m, FP32LocalResponseNorm) for m in lrn)
+    x = (torch.relu(torch.randn(4, 64, 7, 7, generator=torch.Generator().manual_seed(0))) * 3).bfloat16()
+    ref = torch.nn.LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1.0)(x.float())
+    out = lrn[0](x)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).abs() / ref.abs().clamp_min(1e-6)).max() <= 2 ** -8  # bf16's rounding only
+    assert ((ref - x.float()).abs() / x.float().abs().clamp_min(1e-6)).max() > 2 ** -7  # LRN does change x
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lrn[0](x.float()).dtype == torch.float32

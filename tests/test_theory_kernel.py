@@ -162,3 +162,13 @@ def test_linear_kernel_beyond_the_dimension_needs_no_room_for_k():
                              if k in ("train_error", "test_error", "rank")}}
     with pytest.raises(ConfigError, match="K needs .* over the budget"):  # the RBF kernel does form K
         run_kernel({"dataset": "digits", "kernel": "rbf", "memory_gb": small})
+
+
+def test_the_gpu_route_of_the_tall_svd_equals_the_plain_one():
+    """On CUDA the linear kernel's SVD goes through QR (F = QR, SVD of R): the same U S^2 U^T."""
+    F = torch.randn(300, 40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    U1, S1 = kn.left_singular(F, via_qr=False)
+    U2, S2 = kn.left_singular(F, via_qr=True)
+    assert torch.allclose(S1, S2, rtol=1e-10)
+    assert torch.allclose(U1 @ torch.diag(S1 ** 2) @ U1.T, U2 @ torch.diag(S2 ** 2) @ U2.T, atol=1e-8)
+    assert torch.allclose(U2.T @ U2, torch.eye(40, dtype=torch.float64), atol=1e-10)

@@ -31,8 +31,15 @@ def random_crop(x: torch.Tensor, size: int, pad: int, generator: torch.Generator
         x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     n, c, h, w = x.shape
     gen_device = generator.device if generator is not None else x.device
-    oy = torch.randint(0, h - size + 1, (n,), generator=generator, device=gen_device).to(x.device)
-    ox = torch.randint(0, w - size + 1, (n,), generator=generator, device=gen_device).to(x.device)
+    oy = torch.randint(0, h - size + 1, (n,), generator=generator, device=gen_device)
+    ox = torch.randint(0, w - size + 1, (n,), generator=generator, device=gen_device)
+    if oy.device != x.device:
+        # The offsets are drawn on the generator's device (the CPU: the same crops on any device);
+        # on a GPU they go over in one pinned, asynchronous copy, not two blocking ones per batch.
+        both = torch.stack([oy, ox])
+        if x.device.type == "cuda":
+            both = both.pin_memory()
+        oy, ox = both.to(x.device, non_blocking=True)
     ar = torch.arange(size, device=x.device)
     rows = (oy[:, None] + ar)[:, None, :, None].expand(n, c, size, w)
     x = x.gather(2, rows)

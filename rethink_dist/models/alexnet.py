@@ -19,8 +19,21 @@ def _module(c_in: int) -> list[nn.Module]:
         nn.Conv2d(c_in, 64, 5, padding=2),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(3, stride=2, padding=1),
-        nn.LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1.0),
+        FP32LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1.0),
     ]
+
+
+class FP32LocalResponseNorm(nn.LocalResponseNorm):
+    """LRN computed in float32 whatever the input's precision. In bfloat16 (8 bits of mantissa) the
+    divisor 1 + 0.001 * mean(x^2) rounds to 1 for most activations and the layer does nothing; CUDA's
+    autocast has no float32 rule for the avg_pool3d inside LRN (the CPU's does). No parameters: the
+    state dict is that of nn.LocalResponseNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type not in ("cpu", "cuda"):  # the meta device (parameter counts): shapes only
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float()).to(x.dtype)
 
 
 class AlexNetSmall(nn.Module):

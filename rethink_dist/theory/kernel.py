@@ -83,7 +83,8 @@ def random_conv_features(
         flat = x.reshape(len(x), -1)
         std = flat.std(dim=1, correction=0).clamp_min(1.0 / math.sqrt(flat.shape[1]))
         x = (x - flat.mean(dim=1)[:, None, None, None]) / std[:, None, None, None]
-        y = Fn.adaptive_avg_pool2d(torch.relu(Fn.conv2d(x, filters)), pool)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # TF32 would change the features on GPUs
+            y = Fn.adaptive_avg_pool2d(torch.relu(Fn.conv2d(x, filters)), pool)
         out[i : i + len(x)] = y.reshape(len(x), -1)
     return out
 
@@ -169,6 +170,18 @@ def solves_by_svd(kernel: str, ridge: float, n: int, dim: int) -> bool:
     return kernel == "linear" and ridge == 0 and n > dim
 
 
+def left_singular(F: torch.Tensor, via_qr: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, S) of the thin SVD of the tall F (n x D, n > D). ``via_qr``: the SVD of R from F = QR, then
+    U = Q U_R: on CUDA, torch's SVD of a tall 50,000 x 3,072 matrix takes a slow iterative (Jacobi)
+    route, while the QR and a D x D SVD are fast."""
+    if not via_qr:
+        U, S, _ = torch.linalg.svd(F, full_matrices=False)
+        return U, S
+    Q, R = torch.linalg.qr(F, mode="reduced")
+    Ur, S, _ = torch.linalg.svd(R)
+    return Q @ Ur, S
+
+
 def solve_min_norm(
     F: torch.Tensor, Y: torch.Tensor, kernel: str, gamma: float, ridge: float, block: int, budget_bytes: float
 ) -> Solution:
@@ -177,7 +190,7 @@ def solve_min_norm(
     item = F.element_size()
     if solves_by_svd(kernel, ridge, n, dim):
         # rank(K) <= dim < n: K^+ = U S^-2 U^T from the SVD of F, never forming K.
-        U, S, _ = torch.linalg.svd(F, full_matrices=False)
+        U, S = left_singular(F, via_qr=F.device.type == "cuda")
         alpha, rank = _pinv_apply(U, S * S, Y, n)
         return Solution(alpha, "svd_pinv", True, rank, f"linear kernel with n={n} > feature dimension {dim}")
     K = gram_lower(F, kernel, gamma, block)
@@ -198,7 +211,9 @@ def solve_min_norm(
                   f"{cut:.3g} in {str(F.dtype)[6:]}")
     else:
         detail = f"Cholesky met a non-positive pivot at row {info} of {n} in {str(F.dtype)[6:]}"
-    need = 3 * n * n * item
+    # K, its eigenvectors and the solver's workspace: about 3 n^2 on the CPU (LAPACK's syevd works
+    # in place), 4 n^2 on CUDA (cuSOLVER's syevd keeps a workspace the size of K).
+    need = (4 if F.device.type == "cuda" else 3) * n * n * item
     if need > budget_bytes:
         raise KernelMemoryError(
             f"K is singular ({detail}) and its eigendecomposition needs {_size(need)} > budget "
