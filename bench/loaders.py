@@ -19,6 +19,13 @@ the median of ``--repeats`` epochs after a warm-up epoch (which also compiles FF
 
 The JSON printed (and written to ``--json``) maps each name to images/s; ``corruption_cost`` is
 1 - corrupted/uncorrupted for the end-to-end loader and for the pipeline alone.
+
+``imagenet_jpeg`` is the case where FFCV matters: ``--jpeg-n`` JPEG files (default 2,000, 10
+classes, sides of 256-384 pixels) in ImageNet's folder layout, prepared as JPEG .beton files at
+256 pixels, read with the random-resized crop to 224 and flips of the ImageNet trials; the same
+numbers (``ffcv``, ``ffcv_pipeline``, each corruption, ``corruption_cost``) for that path, where
+decoding a JPEG costs far more than a raw 32x32 image and the corruptions' share is smaller.
+``--jpeg-n 0`` skips it.
 """
 
 from __future__ import annotations
@@ -85,7 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch / FFCV threads (default: cores)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--jpeg-n", type=int, default=2_000,
+                   help="JPEG images of the ImageNet-layout case (default 2000; 0 skips it)")
     args = p.parse_args(argv)
+    for name in ("n", "batch_size", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.jpeg_n < 0:
+        p.error(f"--jpeg-n must be >= 0, got {args.jpeg_n}")
     torch.set_num_threads(args.threads)
 
     from rethink_dist.config import TrialConfig
@@ -147,11 +161,71 @@ def main(argv: list[str] | None = None) -> int:
         "end_to_end": {k: round(1 - v / results["ffcv"], 3) for k, v in by_kind.items()},
         "pipeline_only": {k: round(1 - v / results["ffcv_pipeline"], 3) for k, v in by_kind_raw.items()},
     }
+    if args.jpeg_n:
+        results["imagenet_jpeg"] = imagenet_jpeg(args)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")
     return 0
+
+
+def _jpeg_folder(root: Path, n: int, classes: int = 10) -> None:
+    """train/<wnid>/*.JPEG (and a small val/) of smooth random images of assorted sizes, 256-384 px."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, count in (("train", n), ("val", max(classes, n // 10))):
+        for i in range(count):
+            wnid = f"n{i % classes:08d}"
+            (root / split / wnid).mkdir(parents=True, exist_ok=True)
+            h, w = (int(v) for v in rng.integers(256, 385, 2))
+            base = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3)).astype(np.uint8)
+            img = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+            img.save(root / split / wnid / f"{wnid}_{i}.JPEG", quality=90)
+
+
+def imagenet_jpeg(args) -> dict:
+    """The loader numbers on JPEG .beton files in ImageNet's layout (random-resized crop to 224)."""
+    from rethink_dist.config import TrialConfig
+    from rethink_dist.data.ffcv_loader import build_ffcv_loader
+    from rethink_dist.data.ffcv_writer import prepare
+
+    out: dict = {"n_train": args.jpeg_n, "image": "JPEG 256-384 px, stored at 256 px -> random-resized crop 224"}
+    with tempfile.TemporaryDirectory(prefix="bench-loaders-jpeg-") as tmp:
+        t0 = time.perf_counter()
+        _jpeg_folder(Path(tmp) / "raw", args.jpeg_n)
+        prepare("imagenet", str(Path(tmp) / "raw"), Path(tmp) / "beton", max_resolution=256, write_mode="jpg",
+                workers=args.threads)
+        out["prepare_seconds"] = round(time.perf_counter() - t0, 1)
+
+        def rates(kind: str, level: float) -> tuple[float, float]:
+            cfg = TrialConfig.from_dict({
+                "data": {"name": "imagenet", "loader": "ffcv", "beton_dir": str(Path(tmp) / "beton"),
+                         "image_size": 224},
+                "model": {"name": "inception_v3"}, "reg": {"augment": True},
+                "corruption": {"kind": kind, "level": level, "seed": 0},
+                "optim": {"batch_size": args.batch_size}, "device": "cpu"})
+            loader, _ = build_ffcv_loader(cfg, torch.device("cpu"))
+            epoch = iter(range(1 << 30))
+            full = _rate(lambda: _consume(loader.train_batches(args.batch_size,
+                                                               torch.Generator().manual_seed(next(epoch)))),
+                         args.repeats)
+            raw = _rate(lambda: sum(b[1].shape[0] for b in loader._epoch(loader._train)), args.repeats)
+            return full, raw
+
+        out["ffcv"], out["ffcv_pipeline"] = rates("none", 0.0)
+        by_kind, by_kind_raw = {}, {}
+        for kind, level in KINDS:
+            by_kind[kind], by_kind_raw[kind] = rates(kind, level)
+            print(f"  ffcv imagenet jpeg {kind}: {by_kind[kind]:,.0f} images/s", file=sys.stderr)
+    out["ffcv_corrupted_by_kind"] = by_kind
+    out["ffcv_pipeline_corrupted_by_kind"] = by_kind_raw
+    out["corruption_cost"] = {
+        "end_to_end": {k: round(1 - v / out["ffcv"], 3) for k, v in by_kind.items()},
+        "pipeline_only": {k: round(1 - v / out["ffcv_pipeline"], 3) for k, v in by_kind_raw.items()},
+    }
+    return out
 
 
 if __name__ == "__main__":
