@@ -122,6 +122,7 @@ class TrialConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     name: str | None = None  # None: built from the config (see run_name)
+    sample_records: bool = False  # per training sample: first epoch fitted for good, forgetting events
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -276,6 +277,10 @@ class TrialConfig:
                                   f"resources.ddp_workers={res.ddp_workers}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.sample_records and res.ddp_workers:
+            raise ConfigError(f"sample_records=True with resources.ddp_workers={res.ddp_workers}: per-sample records "
+                              "are kept by single-process trials only (a data-parallel trial evaluates in shards); "
+                              "valid: sample_records=False, or resources.ddp_workers=0")
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rethink_dist.files import atomic_path
-from rethink_dist.records import ROW_KEYS
+from rethink_dist.records import ROW_KEYS, SAMPLE_KEYS
 
 FIRST_COLUMNS = [k for k in ROW_KEYS if k != "finished"]
 _LIVE: dict[str, "ResultsTable"] = {}  # resolved path -> the table a running sweep writes
@@ -101,3 +101,24 @@ class ResultsTable:
 def read_results(path: str | os.PathLike):
     """The table as a pandas DataFrame."""
     return pq.read_table(path).to_pandas()
+
+
+def write_sample_records(path: str | os.PathLike, trial_id: str, arrays: dict[str, Any]) -> Path:
+    """One trial's per-sample records (records.SAMPLE_KEYS) as a Parquet file, written atomically:
+    a pure function of the trial's final checkpoint, so a retry or a resume rewrites the same file."""
+    import numpy as np
+
+    first = np.asarray(arrays["first_fit_epoch"], dtype=np.int64)
+    table = pa.table({
+        "trial_id": pa.array([trial_id] * len(first), pa.string()),
+        "sample": pa.array(np.asarray(arrays["sample"], dtype=np.int64)),
+        "label_changed": pa.array(np.asarray(arrays["label_changed"], dtype=bool)),
+        "first_fit_epoch": pa.array(first, mask=first < 0),  # -1 (not fitted at the end): null
+        "forgettings": pa.array(np.asarray(arrays["forgettings"], dtype=np.int64)),
+    })
+    assert tuple(table.column_names) == SAMPLE_KEYS
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path

@@ -36,6 +36,13 @@ METRIC_KEYS = tuple(k for k in EPOCH_KEYS if k != "epoch")
 SUMMARY_KEYS = ("train_acc", "test_acc", "test_top5", "best_test_acc", "steps_to_fit", "epochs", "steps", "fitted",
                 "seconds")
 
+# One row per training sample of a trial with sample_records on (samples/<trial_id>.parquet):
+# its (possibly corrupted) label changed?, the first epoch from which it was classified as that
+# label for good (null: not at the last evaluation), and its forgetting events.
+SAMPLE_KEYS = ("trial_id", "sample", "label_changed", "first_fit_epoch", "forgettings")
+SAMPLES_DIR = "samples"
+SAMPLES_FILE = "samples.npz"  # in a trial's checkpoint: the same arrays, without the trial id
+
 # MLflow tags.
 PARENT_RUN = "mlflow.parentRunId"
 ROLE = "rethink.role"  # "sweep" (the parent run) or "trial"

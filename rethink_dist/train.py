@@ -32,7 +32,7 @@ from rethink_dist.errors import ConfigError
 from rethink_dist.external import is_external
 from rethink_dist.metrics import Sink
 from rethink_dist.models import count_params, create
-from rethink_dist.records import summarize
+from rethink_dist.records import SAMPLES_FILE, summarize
 
 AUX_WEIGHT = 0.4  # weight of Inception V3's auxiliary-head loss (Szegedy et al.)
 
@@ -244,6 +244,9 @@ class Trial:
         self.steps_to_fit: int | None = None
         self.best_test_acc = 0.0
         self.history: list[dict[str, Any]] = []
+        self.samples: SampleRecords | None = (
+            SampleRecords(loader.num_train, self.device) if cfg.sample_records else None)
+        self._train_correct: torch.Tensor | None = None  # the last evaluation's per-sample hits
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -257,6 +260,7 @@ class Trial:
             "history": list(self.history),
             "config_fingerprint": self.config.fingerprint(),
             "labels_fingerprint": self.meta.get("labels_fingerprint"),
+            "samples": self.samples.state_dict() if self.samples is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -272,6 +276,11 @@ class Trial:
         self.steps_to_fit = state["steps_to_fit"]
         self.best_test_acc = float(state["best_test_acc"])
         self.history = list(state["history"])
+        if self.samples is not None:
+            if state.get("samples") is None and self.epoch:
+                raise ValueError("the checkpoint has no per-sample records; refusing to resume with sample_records=True")
+            if state.get("samples") is not None:
+                self.samples.load_state_dict(state["samples"])
 
     @property
     def done(self) -> bool:
@@ -336,6 +345,8 @@ class Trial:
         ev = self.evaluate()
         eval_seconds = time.perf_counter() - t1
         self.epoch += 1
+        if self.samples is not None:
+            self.samples.update(self._train_correct, self.epoch)
         if self.steps_to_fit is None and ev["train_acc"] >= cfg.stop.fit_threshold:
             self.steps_to_fit = self.step
         self.best_test_acc = max(self.best_test_acc, ev["test_acc"])
@@ -362,6 +373,7 @@ class Trial:
         self.model.eval()
         changed = self.loader.changed
         train1 = self._correct(self.loader.eval_batches("train"), topk=1)
+        self._train_correct = train1  # in sample-index order: the per-sample records' input
         test1, test5 = self._correct(self.loader.eval_batches("test"), topk=5, both=True)
         counts = torch.stack([torch.tensor(train1.numel(), device=train1.device), train1.sum(), changed.sum(),
                               train1[changed].sum(), torch.tensor(test1.numel(), device=test1.device), test1.sum(),
@@ -399,6 +411,47 @@ class Trial:
         return summarize(self.history)
 
 
+class SampleRecords:
+    """Per training sample, from the evaluation of the whole training set after every epoch (no extra
+    forward pass): the first epoch from which it is classified as its (possibly corrupted) label and
+    stays so (-1: not classified so at the latest evaluation), and its forgetting events (classified
+    so at one evaluation, not at the next; Toneva et al. 2019)."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.first_fit = torch.full((n,), -1, dtype=torch.int32, device=device)
+        self.forgettings = torch.zeros(n, dtype=torch.int32, device=device)
+        self.correct = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def update(self, correct: torch.Tensor, epoch: int) -> None:
+        if correct is None or correct.shape != self.correct.shape:
+            raise RuntimeError(f"per-sample records need the whole training set in index order, got "
+                               f"{None if correct is None else tuple(correct.shape)} for {tuple(self.correct.shape)}")
+        learned, forgotten = correct & ~self.correct, ~correct & self.correct
+        self.first_fit[learned] = epoch
+        self.first_fit[forgotten] = -1
+        self.forgettings += forgotten.to(torch.int32)
+        self.correct = correct.clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k).detach().to("cpu", copy=True) for k in ("first_fit", "forgettings", "correct")}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k in ("first_fit", "forgettings", "correct"):
+            t = state[k].to(getattr(self, k).device)
+            if t.shape != getattr(self, k).shape:
+                raise ValueError(f"the checkpoint's per-sample records are for {t.shape[0]} samples, not "
+                                 f"{getattr(self, k).shape[0]}")
+            setattr(self, k, t)
+
+    def arrays(self, changed: torch.Tensor) -> dict[str, Any]:
+        """The records as numpy arrays (records.SAMPLE_KEYS without the trial id)."""
+        import numpy as np
+
+        first = self.first_fit.cpu().numpy()
+        return {"sample": np.arange(len(first), dtype=np.int64), "label_changed": changed.cpu().numpy().astype(bool),
+                "first_fit_epoch": first.astype(np.int64), "forgettings": self.forgettings.cpu().numpy().astype(np.int64)}
+
+
 # ---------------------------------------------------------------------- checkpoints
 STATE_FILE, HISTORY_FILE = "state.pt", "history.json"
 
@@ -409,6 +462,10 @@ def save_checkpoint(trial: Trial, folder: str | os.PathLike, **extra_json: Any) 
     folder = Path(folder)
     torch.save(trial.state_dict(), folder / STATE_FILE)
     (folder / HISTORY_FILE).write_text(json.dumps(trial.history, default=str))
+    if trial.samples is not None:  # readable without torch (the driver writes them to Parquet)
+        import numpy as np
+
+        np.savez(folder / SAMPLES_FILE, **trial.samples.arrays(trial.loader.changed))
     for name, obj in extra_json.items():
         (folder / f"{name}.json").write_text(json.dumps(obj, indent=1, default=str))
 
@@ -440,9 +497,13 @@ def run(trial: Trial, sinks: Iterable[Sink] = ()) -> dict[str, Any]:
 
 
 def train(config: TrialConfig, sinks: Iterable[Sink] = (), state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one trial to the end; returns ``{"config", "meta", "history", "summary"}``."""
+    """Run one trial to the end; returns ``{"config", "meta", "history", "summary"}`` (and ``"samples"``,
+    the per-sample records, with ``sample_records`` on)."""
     trial = Trial(config)
     if state is not None:
         trial.load_state_dict(state)
     summary = run(trial, sinks)
-    return {"config": trial.config.to_dict(), "meta": trial.meta, "history": trial.history, "summary": summary}
+    out = {"config": trial.config.to_dict(), "meta": trial.meta, "history": trial.history, "summary": summary}
+    if trial.samples is not None:  # numpy arrays (records.SAMPLE_KEYS without the trial id)
+        out["samples"] = trial.samples.arrays(trial.loader.changed)
+    return out

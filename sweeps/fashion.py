@@ -72,6 +72,7 @@ def trial(arch, corruption="none", level=0.0, weight_decay=0.0, batch_norm=True,
         "stop": {"stop_when_fitted": True, "fit_threshold": FIT_THRESHOLD},
         "resources": resources or {"cpus": 1.0},
         "seed": seed,
+        "sample_records": True,  # which samples are fitted when (samples/<trial_id>.parquet)
     })
 
 

@@ -50,6 +50,7 @@ def trial(data_root, arch, batch_norm=True, augment=False, weight_decay=0.0, cor
         "stop": {"stop_when_fitted": stop_when_fitted},
         "resources": RESOURCES,
         "seed": seed,
+        "sample_records": True,  # which samples are fitted when (samples/<trial_id>.parquet)
     })
 
 

@@ -28,7 +28,7 @@ DATA = "my_research.data:gratings"
 def trials(data_root=None):
     return [
         {"data": {"name": DATA}, "model": {"name": model}, "corruption": corruption,
-         "optim": {"epochs": 60}, "stop": {"stop_when_fitted": True}}
+         "optim": {"epochs": 60}, "stop": {"stop_when_fitted": True}, "sample_records": True}
         for model in MODELS
         for corruption in ({"kind": "none"}, {"kind": "labels", "level": 0.5}, {"kind": "labels", "level": 1.0})
     ]

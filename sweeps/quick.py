@@ -36,6 +36,7 @@ def trials(data_root=None):
             "optim": {"epochs": MAX_EPOCHS},
             "stop": {"stop_when_fitted": True},
             "seed": seed,
+            "sample_records": True,  # which samples are fitted when (samples/<trial_id>.parquet)
         })
         for arch in ARCHS
         for corruption in corruptions()

@@ -21,7 +21,16 @@ def train_json(tmp_path, *args):
 
 
 def test_mlp_memorizes_random_labels(tmp_path):
-    r = train_json(tmp_path, "--arch", "mlp_1x512", "--corruption", "labels", "--level", "1.0")
+    r = train_json(tmp_path, "--arch", "mlp_1x512", "--corruption", "labels", "--level", "1.0",
+                   "--samples", str(tmp_path / "samples.parquet"))
+    # --samples: the per-sample records, one row per training sample, agreeing with the last epoch
+    import pandas as pd
+
+    samples = pd.read_parquet(tmp_path / "samples.parquet")
+    assert list(samples["sample"]) == list(range(1437)) and r["config"]["sample_records"] is True
+    assert samples["label_changed"].sum() == r["meta"]["labels_changed"]
+    assert samples["first_fit_epoch"].notna().mean() == r["summary"]["train_acc"]
+    assert samples["first_fit_epoch"].max() <= r["summary"]["epochs"]
     s = r["summary"]
     assert s["train_acc"] >= 0.99
     assert abs(s["test_acc"] - 0.1) <= 0.05

@@ -16,6 +16,7 @@ def _documented() -> set[str]:
 
 def test_every_key_is_documented():
     keys = (set(records.ROW_KEYS) | set(records.EPOCH_KEYS) | set(records.PLACEMENT_KEYS) | set(records.THEORY_KEYS)
+            | set(records.SAMPLE_KEYS)
             | {f"summary.{k}" for k in records.SUMMARY_KEYS} | set(records.TAGS))
     missing = sorted(keys - _documented())
     assert not missing, f"docs/results-format.md does not mention {missing}"
@@ -40,3 +41,10 @@ def test_summary_of_a_history():
     assert s == {"train_acc": 1.0, "test_acc": 0.3, "test_top5": 0.8, "best_test_acc": 0.4, "steps_to_fit": 20,
                  "epochs": 2, "steps": 20, "fitted": True, "seconds": 2.0}
     assert records.summarize([])["fitted"] is False
+
+
+def test_the_samples_table_documents_exactly_the_schema():
+    table = DOC.split("## samples/", 1)[1].split("\n## ", 1)[0]
+    columns = [re.findall(r"`([a-z_0-9]+)`", line.split("|")[1])[0] for line in table.splitlines()
+               if line.startswith("| `")]
+    assert tuple(columns) == records.SAMPLE_KEYS

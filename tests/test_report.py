@@ -75,6 +75,15 @@ def write_handmade(folder: Path) -> Path:
     planned = [{"trial_id": t[0], "run_name": f"{t[0]}_{t[1]['model.name']}", "kind": "network", "flat": t[1]}
                for t in TRIALS + [(*PLANNED_ONLY,)]]
     (folder / "sweep.json").write_text(json.dumps({"sweep": SWEEP, "trials": planned}))
+    # Per-sample records of t05 (p = 0.5, 4 epochs): 4 clean samples fitted for good at epochs 1, 1,
+    # 2 and never; 2 corrupted ones at 3 and never. The other trials kept none.
+    import numpy as np
+
+    from rethink_dist.parquet import write_sample_records
+
+    write_sample_records(folder / "samples" / "t05.parquet", "t05", {
+        "sample": np.arange(6), "label_changed": np.array([0, 0, 0, 0, 1, 1], bool),
+        "first_fit_epoch": np.array([1, 1, 2, -1, 3, -1]), "forgettings": np.array([0, 1, 0, 2, 0, 0])})
     return folder
 
 
@@ -265,8 +274,9 @@ def test_report_from_mlflow_matches_parquet_and_is_logged(mlflow_server, tmp_pat
     assert "1 more planned trial(s) have no MLflow run yet" in (out / "report.html").read_text()
     parquet = build_report(load_folder(write_handmade(tmp_path / SWEEP)), tmp_path / "rep2")
     assert from_mlflow["tables"] == json.loads(parquet.data.read_text())["tables"]
-    assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"]} == \
-        {f.id: sorted(f.series) for f in parquet.figures}
+    # (per-sample records live in the sweep's folder only: from MLflow the first-fit figure is missing)
+    assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"] if not f["id"].startswith("first-fit")} == \
+        {f.id: sorted(f.series) for f in parquet.figures if not f.id.startswith("first-fit")}
     logged = {a.path for a in MlflowClient(mlflow_server).list_artifacts(parent, "report")}
     assert {"report/report.html", "report/report.md", "report/report.json", "report/figures"} <= logged
 
@@ -296,3 +306,25 @@ def test_no_parent_run_is_a_note_not_an_error(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "no sweep parent run in MLflow experiment 'handmade'" in captured.err
     assert Path(captured.out.strip().splitlines()[-1]).exists()
+
+
+def test_first_fit_figure_from_per_sample_records(tmp_path):
+    """The first-fit figure: per architecture and level, the fraction of clean / corrupted samples
+    fitted for good by each epoch, from samples/<trial_id>.parquet."""
+    folder = write_handmade(tmp_path / SWEEP)  # with t05's per-sample records
+    report = build_report(load_folder(folder), folder / "report")
+    fig = next(f for f in report.figures if f.id == "first-fit-cifar10")
+    assert fig.png and not fig.missing
+    assert sorted(fig.series) == ["MLP 1x512 p=0.5 clean", "MLP 1x512 p=0.5 corrupted"]  # t06 kept no records
+    clean, corrupted = fig.series["MLP 1x512 p=0.5 clean"], fig.series["MLP 1x512 p=0.5 corrupted"]
+    assert clean["epoch"] == [0, 1, 2, 3, 4]
+    assert clean["fraction_fitted"] == [0.0, 0.5, 0.75, 0.75, 0.75]
+    assert corrupted["fraction_fitted"] == [0.0, 0.0, 0.0, 0.5, 0.5]
+    assert (clean["samples"], corrupted["samples"], clean["median_first_fit"]) == (4, 2, 1.0)
+    assert clean["forgettings_mean"] == pytest.approx(0.75)
+    samples = pd.read_parquet(folder / "samples" / "t05.parquet")
+    assert samples["first_fit_epoch"].isna().tolist() == [False, False, False, True, False, True]
+    # Without any records the figure says what it needs.
+    (folder / "samples" / "t05.parquet").unlink()
+    again = build_report(load_folder(folder), tmp_path / "again")
+    assert next(f for f in again.figures if f.id == "first-fit-cifar10").missing.startswith("needs trials run with")

@@ -79,6 +79,20 @@ def test_report_of_a_real_smoke_sweep(smoke, browser, capsys):  # noqa: F811
             assert run["x"] == pytest.approx(list(mine["step"] / 1000))
     assert set(figs["fig2a-digits"]["series"]) == {"no regularizer"}  # quick.py runs no regularizer
     assert figs["fig2b-digits"]["missing"]  # no inception_small in quick.py
+    # The per-sample records (quick.py keeps them): one file per trial, and the first-fit figure.
+    samples = pd.concat([pd.read_parquet(f) for f in sorted((smoke / "samples").glob("*.parquet"))])
+    assert set(samples["trial_id"]) == set(rows["trial_id"])
+    first_fit = figs["first-fit-digits"]
+    label_trials = last[(last["corruption.kind"] == "labels") & (last["corruption.level"] > 0)]
+    if label_trials.empty:  # the smoke grid's picks: the figure needs a label-corruption trial (test_report.py)
+        assert first_fit["missing"].startswith("needs finished unregularized label-corruption trials")
+    for _, trial in label_trials.iterrows():
+        mine = samples[samples["trial_id"] == trial["trial_id"]]
+        arch = {"mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512", "alexnet_small": "AlexNet"}[trial["model.name"]]
+        series = first_fit["series"][f"{arch} p={trial['corruption.level']:g} corrupted"]
+        # at the last epoch the fraction fitted for good is the accuracy on the corrupted samples
+        assert series["fraction_fitted"][-1] == pytest.approx(trial["train_acc_corrupted"])
+        assert series["samples"] == int(mine["label_changed"].sum())
     check_report_page(browser, html, sum(1 for f in data["figures"] if f["file"]))
 
     # Logged as artifacts of the sweep's parent run in its own MLflow store (recorded in sweep.json).
@@ -101,8 +115,11 @@ def test_report_from_the_sweeps_mlflow_store_agrees(smoke, tmp_path, capsys):
     from_folder = json.loads((folder.parent / "report.json").read_text())
     assert from_mlflow["finished"] == from_folder["finished"] > 0
     assert from_mlflow["tables"] == from_folder["tables"]
-    assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"]} == \
-        {f["id"]: sorted(f["series"]) for f in from_folder["figures"]}
+    # (the per-sample records live in the sweep's folder only: from MLflow that one figure is missing)
+    assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"] if not f["id"].startswith("first-fit")} == \
+        {f["id"]: sorted(f["series"]) for f in from_folder["figures"] if not f["id"].startswith("first-fit")}
+    assert [f["missing"] for f in from_mlflow["figures"] if f["id"].startswith("first-fit")] == \
+        ["needs trials run with sample_records on (the shipped sweeps switch it on)"]
 
 
 def test_results_doc_generator_on_a_real_smoke_sweep(smoke, tmp_path):

@@ -174,7 +174,7 @@ NAME = "killme"
 
 def trials(data_root=None):
     return [{"model": {"name": "alexnet_small"}, "corruption": {"kind": "labels", "level": 1.0, "seed": 7},
-             "optim": {"epochs": EPOCHS}, "data": {"max_train": 700}}]
+             "optim": {"epochs": EPOCHS}, "data": {"max_train": 700}, "sample_records": True}]
 """
 
 
@@ -219,6 +219,30 @@ def test_killed_worker_resumes_from_checkpoint(ray_two_nodes, mlflow_server, tmp
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "train_acc")]
     assert sorted(steps) == list(range(1, epochs + 1)), "MLflow has a gap or a repeated epoch"
+
+    # Per-sample records: one file, one row per training sample, equal to an uninterrupted run's
+    # (the same config in this process, one thread like the trial's worker).
+    files = list((tmp_path / "store" / "killme" / "samples").glob("*.parquet"))
+    assert [f.name for f in files] == [f"{sweep.trials[0].trial_id}.parquet"]
+    samples = pd.read_parquet(files[0]).sort_values("sample")
+    assert list(samples["sample"]) == list(range(700)) and set(samples["trial_id"]) == {sweep.trials[0].trial_id}
+    assert list(samples["label_changed"]) == list(arrays.changed)
+    import torch
+
+    from rethink_dist.train import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["train_loss"] for r in ref["history"]] == list(df["train_loss"]), "the resumed run is not exact"
+    first = ref["samples"]["first_fit_epoch"]
+    assert samples["first_fit_epoch"].fillna(-1).astype(int).tolist() == first.tolist()
+    assert samples["forgettings"].tolist() == ref["samples"]["forgettings"].tolist()
+    # fitted at the end <=> classified as its label at the last evaluation
+    assert (samples["first_fit_epoch"].notna().mean()) == pytest.approx(df["train_acc"].iloc[-1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,3 +204,47 @@ def test_bench_runs_end_to_end(tmp_path):
     assert res["train_images"] == 128 and res["test_images"] == 64
     assert res["epochs"]["ours"][0]["images"] == 128
     assert res["profile"]["train_top_ops"]
+
+
+def test_per_sample_records_agree_with_the_accuracies_and_survive_a_resume():
+    """sample_records: first-fit epochs and forgetting events from the whole-training-set evaluation."""
+    import numpy as np
+
+    from rethink_dist.config import TrialConfig
+    from rethink_dist.train import Trial
+
+    cfg = TrialConfig.from_dict({"corruption": {"kind": "labels", "level": 0.5, "seed": 3}, "optim": {"epochs": 6},
+                                 "data": {"max_train": 600}, "sample_records": True})
+    trial = Trial(cfg)
+    forgotten_so_far = []
+    while not trial.done:
+        rec = trial.run_epoch()
+        a = trial.samples.arrays(trial.loader.changed)
+        fitted = a["first_fit_epoch"] >= 0
+        changed = a["label_changed"]
+        assert fitted.mean() == pytest.approx(rec["train_acc"])  # fitted now <=> classified as its label now
+        assert fitted[changed].mean() == pytest.approx(rec["train_acc_corrupted"])
+        assert fitted[~changed].mean() == pytest.approx(rec["train_acc_clean"])
+        forgotten_so_far.append(int(a["forgettings"].sum()))
+        if trial.epoch == 3:
+            import copy
+
+            middle = copy.deepcopy(trial.state_dict())  # (its model tensors are the live ones)
+    final = trial.samples.arrays(trial.loader.changed)
+    assert changed.sum() == trial.meta["labels_changed"] and 0 < changed.sum() < 600
+    assert forgotten_so_far[-1] > 0 and final["forgettings"].max() >= 1  # MLPs forget random labels too
+    # The fraction fitted for good by epoch e is that epoch's accuracy wherever nothing was forgotten after e.
+    for e, rec in enumerate(trial.history, start=1):
+        by_e = ((final["first_fit_epoch"] >= 1) & (final["first_fit_epoch"] <= e)).mean()
+        if forgotten_so_far[e - 1] == forgotten_so_far[-1]:
+            assert by_e == pytest.approx(rec["train_acc"]), e
+        else:
+            assert by_e <= rec["train_acc"] + 1e-12, e
+    # Resumed from epoch 3's state: the same records as the uninterrupted run.
+    again = Trial(cfg)
+    again.load_state_dict(middle)
+    while not again.done:
+        again.run_epoch()
+    other = again.samples.arrays(again.loader.changed)
+    for k in final:
+        assert np.array_equal(final[k], other[k]), k

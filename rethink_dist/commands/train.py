@@ -104,13 +104,19 @@ def config_from_args(args: argparse.Namespace):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--json", metavar="OUT", help="write {config, history, summary} to this file")
+    p.add_argument("--samples", metavar="OUT.parquet",
+                   help="keep per-sample records (sample_records) and write them to this Parquet file")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, "--json")
+    if args.samples:
+        check_writable(args.samples, "--samples")
     cfg = config_from_args(args)
+    if args.samples and not cfg.sample_records:
+        cfg = cfg.replace(sample_records=True)
     if cfg.resources.ddp_workers:
         return run_ddp(cfg, args)
     from rethink_dist.metrics import ConsoleSink
@@ -122,10 +128,17 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"rethink-dist: training diverged: {e}", file=sys.stderr)
         return 1
+    samples = result.pop("samples", None)
     if args.json:
         write_json_atomic(args.json, result)
         if not args.quiet:
             print(f"  wrote {args.json}", file=sys.stderr)
+    if args.samples and samples is not None:
+        from rethink_dist.parquet import write_sample_records
+
+        write_sample_records(args.samples, cfg.resolved().name, samples)
+        if not args.quiet:
+            print(f"  wrote {args.samples}", file=sys.stderr)
     return 0
 
 

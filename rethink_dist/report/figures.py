@@ -301,6 +301,51 @@ def fig_memorization(results: Results, dataset: str) -> Fig:
     return f
 
 
+def fig_first_fit(results: Results, dataset: str) -> Fig:
+    """From the per-sample records: when clean and corrupted samples are fitted for good."""
+    f = Fig(f"first-fit-{dataset}", f"Beyond the paper: when each sample is fitted for good, {dataset}",
+            "From the per-sample records (sample_records): for each architecture (one panel) and label-corruption "
+            "level p (one colour), the fraction of the training samples whose first-fit epoch (the first epoch from "
+            "which the network classifies the sample as its training label at every later evaluation) is at most "
+            "the epoch on the x axis: samples whose label was kept (solid), samples whose label was changed "
+            "(dashed). Samples not fitted at the end never count. No explicit regularizer.")
+    samples = results.samples
+    if samples is None or samples.empty:
+        return _missing(f, "needs trials run with sample_records on (the shipped sweeps switch it on)")
+    finals = results.finals()
+    finals = finals[(finals["data.name"] == dataset) & ~finals["regularized"] & (finals["corruption.kind"] == "labels")
+                    & (finals["label_level"] > 0)]
+    trials = finals[finals["trial_id"].isin(set(samples["trial_id"]))]
+    if trials.empty:
+        return _missing(f, "needs finished unregularized label-corruption trials (p > 0) with per-sample records")
+    archs = _arch_sorted(set(trials["arch"]))
+    levels = sorted(set(trials["label_level"]))
+    colors = dict(zip(levels, _colors(len(levels))))
+    fig, axes = _canvas(len(archs), 1, width=4.6, height=3.4)
+    for ax, arch in zip(axes, archs):
+        last_epoch = 1
+        for _, t in trials[trials["arch"] == arch].sort_values("label_level").iterrows():
+            mine = samples[samples["trial_id"] == t["trial_id"]]
+            epochs = np.arange(0, int(t["epoch"]) + 1)
+            last_epoch = max(last_epoch, int(t["epoch"]))
+            for what, part, style in (("clean", mine[~mine["label_changed"]], "-"),
+                                      ("corrupted", mine[mine["label_changed"]], "--")):
+                if part.empty:
+                    continue
+                first = part["first_fit_epoch"].to_numpy(dtype=float)  # NaN: not fitted at the end
+                cdf = [float(np.mean(first <= e)) for e in epochs]
+                f.series[f"{arch} p={t['label_level']:g} {what}"] = {
+                    "epoch": epochs.tolist(), "fraction_fitted": cdf, "samples": int(len(part)),
+                    "median_first_fit": _clean(float(np.nanmedian(first)) if np.isfinite(first).any() else None),
+                    "forgettings_mean": float(part["forgettings"].mean())}
+                ax.plot(epochs, cdf, style, color=colors[t["label_level"]],
+                        label=f"p={t['label_level']:g} {what}")
+        ax.set(title=arch, xlabel="epoch", ylabel="fraction fitted for good", ylim=(0, 1.02), xlim=(0, last_epoch))
+        ax.legend(fontsize=6, ncol=2)
+    f.png = _png(fig)
+    return f
+
+
 def figures(results: Results) -> list[Fig]:
     """Every figure for every dataset the sweep ran (Figure 2a alone for ImageNet, as in the paper)."""
     out = []
@@ -309,5 +354,5 @@ def figures(results: Results) -> list[Fig]:
             out.append(fig2a(results, d))
             continue
         out += [fig1a(results, d), fig1b(results, d), fig1c(results, d), fig2a(results, d), fig2b(results, d),
-                fig_memorization(results, d)]
+                fig_memorization(results, d), fig_first_fit(results, d)]
     return out

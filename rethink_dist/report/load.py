@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from rethink_dist.errors import ReportError
-from rethink_dist.records import METRIC_KEYS, ROLE, TRIAL_ID
+from rethink_dist.records import METRIC_KEYS, ROLE, SAMPLES_DIR, TRIAL_ID
 from rethink_dist.report.paper import arch_label
 
 REQUIRED = ("trial_id", "epoch", "step", "train_loss", "train_acc", "test_acc", "finished",
@@ -37,6 +37,9 @@ class Results:
     experiment: str | None = None
     # Planned trials known only by count: from MLflow, the parent run's num_trials minus the runs seen.
     not_started: int = 0
+    # Per-sample memorization records (records.SAMPLE_KEYS) of the trials that kept them, from the
+    # folder's samples/*.parquet (None: none kept, or results read from MLflow).
+    samples: pd.DataFrame | None = None
 
     def finals(self) -> pd.DataFrame:
         """One row per finished trial: its last epoch."""
@@ -121,7 +124,20 @@ def load_folder(path: str | Path) -> Results:
     # Where the sweep logged to MLflow: sweep.json says; a local sweep's default is <storage>/mlflow.db.
     store = folder.parent / "mlflow.db"
     uri = plan.get("tracking_uri") or (f"sqlite:///{store.resolve()}" if store.exists() else None)
-    return Results(sweep, str(folder), _derive(rows, str(parquet)), planned, uri, sweep if uri else None)
+    return Results(sweep, str(folder), _derive(rows, str(parquet)), planned, uri, sweep if uri else None,
+                   samples=_samples(folder / SAMPLES_DIR))
+
+
+def _samples(folder: Path) -> pd.DataFrame | None:
+    """Every trial's per-sample records in ``folder`` (samples/<trial_id>.parquet), or None."""
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return None
+    try:
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise ReportError(f"cannot read the per-sample records in {folder}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def _planned(plan: dict[str, Any], rows: pd.DataFrame) -> list[dict[str, Any]]:

@@ -23,8 +23,8 @@ from typing import Any
 
 from rethink_dist.errors import SweepError
 from rethink_dist.files import write_json_atomic
-from rethink_dist.parquet import ResultsTable
-from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, finite_numbers, summarize
+from rethink_dist.parquet import ResultsTable, write_sample_records
+from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, SAMPLES_DIR, SAMPLES_FILE, finite_numbers, summarize
 from rethink_dist.sweep.plan import KINDS, Sweep, TrialSpec
 from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
 from rethink_dist.tracking import (TrialRun, check_reachable, default_artifact_location, default_tracking_uri,
@@ -429,6 +429,9 @@ class ResultsWriter:
                 r["finished"] = False
             rows[-1]["finished"] = finished
             self.table.replace_trial(tid, rows)
+            samples = read_checkpoint_samples(checkpoint, tid) if history is not None else None
+            if samples is not None:  # sample_records: samples/<trial_id>.parquet beside trials.parquet
+                write_sample_records(self.table.path.parent / SAMPLES_DIR / f"{tid}.parquet", tid, samples)
         if self.tracking is None or tid in self.closed:
             return
         self._maybe_retry_mlflow()
@@ -498,6 +501,25 @@ def read_checkpoint_json(checkpoint: Any, name: str) -> Any:
         with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
             return json.loads(f.read().decode())
     except FileNotFoundError:
+        return None
+
+
+def read_checkpoint_samples(checkpoint: Any, tid: str) -> dict[str, Any] | None:
+    """The per-sample records of a trial's checkpoint (``samples.npz``, sample_records on), or None."""
+    import io
+
+    import numpy as np
+
+    if checkpoint is None:
+        return None
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{SAMPLES_FILE}") as f:
+            data = np.load(io.BytesIO(f.read()))
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # a damaged file: say so, keep the rest
+        print(f"rethink-dist: could not read the per-sample records of {tid}: {e}", file=sys.stderr)
         return None
 
 
