@@ -50,17 +50,27 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def _retry(fn, *args, tries: int = 8, **kwargs):
+# A busy SQLite file is retried for up to ~18 s; a server that does not answer only briefly (the
+# sweep's driver calls MLflow from Tune's event loop: a long wait there stalls every trial's
+# reports, and the driver carries on without MLflow until it answers again).
+BUSY_TRIES, UNREACHABLE_TRIES = 8, 3
+
+
+def _retry(fn, *args, tries: int = BUSY_TRIES, **kwargs):
     """Call an MLflow client method, retrying transient failures (a busy SQLite file, a restarting server)."""
-    for attempt in range(tries):
+    attempt = 0
+    while True:
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # MlflowException, OperationalError, connection errors
             text = str(e).lower()
-            transient = any(s in text for s in ("locked", "timeout", "timed out", "connection", "temporarily", "503", "502"))
-            if not transient or attempt == tries - 1:
+            busy = any(s in text for s in ("locked", "temporarily", "503", "502"))
+            unreachable = any(s in text for s in ("timeout", "timed out", "connection"))
+            limit = tries if busy else min(tries, UNREACHABLE_TRIES)
+            attempt += 1
+            if not (busy or unreachable) or attempt >= limit:
                 raise
-            time.sleep(min(0.25 * 2 ** attempt, 5.0))
+            time.sleep(min(0.25 * 2 ** (attempt - 1), 5.0))
 
 
 # MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it is for
