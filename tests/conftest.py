@@ -97,3 +97,13 @@ def ray_two_nodes():
     yield cluster, worker
     ray.shutdown()
     cluster.shutdown()
+
+
+def one_line_error(p, *needles):
+    """A command's bad-input exit: code 2 and one line on stderr naming each of ``needles``."""
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("rethink-dist: error: "), p.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]

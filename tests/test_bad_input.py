@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import one_line_error
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "rethink_dist.cli"]
 
@@ -20,15 +22,6 @@ CLI = [sys.executable, "-m", "rethink_dist.cli"]
 def run(args, timeout=120, env=None):
     return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
-
-
-def one_line_error(p, *needles):
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("rethink-dist: error: "), p.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 # ------------------------------------------------------------------ output paths, checked first

@@ -19,6 +19,8 @@ from rethink_dist.errors import ConfigError, DataError
 from rethink_dist.external import check_user_arrays
 from rethink_dist.train import Trial
 
+from conftest import one_line_error
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "own_code"
 CLI = [sys.executable, "-m", "rethink_dist.cli"]
@@ -30,15 +32,6 @@ def run(args, cwd=None, pythonpath=(), pre="", timeout=300):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *map(str, pythonpath)])}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=cwd)
-
-
-def one_line_error(p, *needles):
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("rethink-dist: error: "), p.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 # ------------------------------------------------------------------ library models

@@ -52,6 +52,17 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int, dropou
     return model
 
 
+def _ask(kw: dict[str, Any], asked: dict[str, str], dropout: float, batch_norm: bool, dropout_arg: str,
+         no_norm: tuple[str, Any] | None) -> None:
+    """Put the config's regularizers into a builder's arguments, noting which setting asked for each."""
+    if dropout:
+        kw[dropout_arg] = dropout
+        asked[dropout_arg] = f"reg.dropout={dropout:g}"
+    if not batch_norm and no_norm is not None:
+        kw[no_norm[0]] = no_norm[1]
+        asked[no_norm[0]] = "reg.batch_norm=False"
+
+
 def _call(name: str, builder: Callable[..., Any], kwargs: dict[str, Any], asked: dict[str, str]) -> Any:
     """Call a builder; an argument it does not take is the config's fault when the config asked for it."""
     try:
@@ -84,12 +95,7 @@ def _torchvision(name, input_shape, num_classes, dropout, batch_norm, kwargs):
     if target.startswith("vit_") and (h, w) != (224, 224):
         kw["image_size"] = h
         adapted.append(f"image_size={h}")
-    if dropout:
-        kw["dropout"] = dropout
-        asked["dropout"] = f"reg.dropout={dropout:g}"
-    if not batch_norm:
-        kw["norm_layer"] = _no_norm
-        asked["norm_layer"] = "reg.batch_norm=False"
+    _ask(kw, asked, dropout, batch_norm, "dropout", ("norm_layer", _no_norm))
     kw.update(kwargs)
     model = _call(name, torchvision.models.get_model_builder(target), kw, asked)
     if target.startswith(_RESNETS) and min(h, w) < SMALL_IMAGE:
@@ -107,9 +113,7 @@ def _timm(name, input_shape, num_classes, dropout, batch_norm, kwargs):
     c, h, w = input_shape
     kw: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "in_chans": c}
     asked: dict[str, str] = {}
-    if dropout:
-        kw["drop_rate"] = dropout
-        asked["drop_rate"] = f"reg.dropout={dropout:g}"
+    _ask(kw, asked, dropout, True, "drop_rate", None)
     if not batch_norm:
         # timm's norm_layer is often a norm-and-activation layer (BatchNormAct2d): an identity in its
         # place would remove the nonlinearity too. Say so rather than train another network.
@@ -136,12 +140,7 @@ def _user(name, input_shape, num_classes, dropout, batch_norm, kwargs):
     builder = import_callable(name, "model.name")
     kw = dict(kwargs)
     asked: dict[str, str] = {}
-    if dropout:
-        kw["dropout"] = dropout
-        asked["dropout"] = f"reg.dropout={dropout:g}"
-    if not batch_norm:
-        kw["batch_norm"] = False
-        asked["batch_norm"] = "reg.batch_norm=False"
+    _ask(kw, asked, dropout, batch_norm, "dropout", ("batch_norm", False))
     try:
         params = inspect.signature(builder).parameters
     except (TypeError, ValueError):
