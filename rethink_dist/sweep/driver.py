@@ -118,7 +118,11 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Checkpointing every epoch is the point (exact resume); Tune's advice against it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's automatic loggers include TensorBoard's, which warns on every report that carries several
+    # epochs (a list): keep its JSON and CSV logs (run_sweep adds them), not TensorBoard's.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     # A failing tracking server must not stall the trials: the client fails fast and the writer
     # carries on without MLflow until the server answers again (see ResultsWriter).
@@ -172,7 +176,7 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         name="tune", storage_path=tune_storage,
         failure_config=tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[writer.as_tune_callback()], verbose=verbose,
+        callbacks=[writer.as_tune_callback(), JsonLoggerCallback(), CSVLoggerCallback()], verbose=verbose,
         progress_reporter=tune.CLIReporter(
             metric_columns={"epoch": "epoch", "train_acc": "train acc", "test_acc": "test acc",
                             "steps_to_fit": "fitted at step", "images_per_s": "img/s"},
