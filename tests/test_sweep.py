@@ -244,6 +244,19 @@ def test_killed_worker_resumes_from_checkpoint(ray_two_nodes, mlflow_server, tmp
     # fitted at the end <=> classified as its label at the last evaluation
     assert (samples["first_fit_epoch"].notna().mean()) == pytest.approx(df["train_acc"].iloc[-1])
 
+    # The report draws these real records on digits (the smoke sweep of test_report_sweep.py picks
+    # no label-corruption trial, so this is where a sweep's own first-fit figure is checked).
+    from rethink_dist.report import build_report, load_folder
+
+    report = build_report(load_folder(tmp_path / "store" / "killme"), tmp_path / "report")
+    fig = next(f for f in report.figures if f.id == "first-fit-digits")
+    assert fig.png and not fig.missing
+    corrupted, clean = fig.series["AlexNet p=1 corrupted"], fig.series["AlexNet p=1 clean"]
+    assert corrupted["epoch"] == list(range(epochs + 1))
+    assert corrupted["samples"] == int(samples["label_changed"].sum()) and clean["samples"] == 700 - corrupted["samples"]
+    assert corrupted["fraction_fitted"][-1] == pytest.approx(df["train_acc_corrupted"].iloc[-1])
+    assert clean["fraction_fitted"][-1] == pytest.approx(df["train_acc_clean"].iloc[-1])
+
 
 # ---------------------------------------------------------------------------------------------
 # An interrupted driver resumes with --resume; finished trials are not rerun
