@@ -49,6 +49,10 @@ def test_flat_and_name():
       "resources": {"ddp_workers": 2, "gpus": 1}}, "device='cpu' with resources.gpus=1"),
     ({"data": {"loader": "ffcv", "beton_dir": "/b"}, "device": "cuda",
       "resources": {"ddp_workers": 2, "gpus": 0}}, "device='cuda' with resources.gpus=0"),
+    # per-sample records need the whole training set's evaluation in one process
+    ({"data": {"loader": "ffcv", "beton_dir": "/b"}, "sample_records": True,
+      "resources": {"ddp_workers": 2}}, "sample_records=True with resources.ddp_workers=2"),
+    ({"sample_records": "yes"}, "must be bool"),
 ])
 def test_bad_values_are_refused_with_one_line(d, match):
     with pytest.raises(ConfigError, match=match) as e:
