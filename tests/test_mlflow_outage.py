@@ -98,7 +98,7 @@ class Outage:
 
 
 def test_server_back_during_the_sweep(tmp_path):
-    o = Outage(tmp_path, epochs=300)  # long enough to restart the server while the trials train
+    o = Outage(tmp_path, epochs=160)  # long enough to restart the server while the trials train
     try:
         at_stop = _epochs(o.parquet)
         _wait(lambda: _epochs(o.parquet) >= at_stop + 10, 300, "training to go on without MLflow")
