@@ -70,7 +70,10 @@ def _outside_ray_working_dir(folder: Path):
     replaces the copy (same path, new folder) when it sets up the trials' workers on this node: the
     process would be left in a deleted folder, where Tune's end-of-sweep analysis fails (getcwd).
     Work in the sweep's results folder meanwhile (every path is absolute by now), then go back."""
-    here = os.getcwd()
+    try:
+        here = os.getcwd()
+    except FileNotFoundError:  # already replaced: the shell's idea of it is the path
+        here = os.environ.get("PWD", str(folder))
     if f"{os.sep}runtime_resources{os.sep}" not in here:
         yield
         return
@@ -170,7 +173,15 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     writer = ResultsWriter(table, tracking, sweep.name, {s.trial_id: s.to_dict() for s in sweep.trials},
                            {s.trial_id: s.flat() for s in sweep.trials})
 
-    connect_ray(ray_address, num_cpus, sweep.runtime_env)
+    # Before Ray starts: Ray may replace a job's working dir (this process's folder) as soon as it
+    # sets up workers on this node, even for the driver's own connection.
+    job_dir = contextlib.ExitStack()
+    job_dir.enter_context(_outside_ray_working_dir(folder))
+    try:
+        connect_ray(ray_address, num_cpus, sweep.runtime_env)
+    except BaseException:
+        job_dir.close()
+        raise
     fn = tune.with_resources(trainable, _trial_resources)
     run_config = tune.RunConfig(
         name="tune", storage_path=tune_storage,
@@ -187,7 +198,7 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     errors = unfinished = 0
     try:
         # On --resume, Tune unpickles the callback it saved: inside live() that copy is this writer.
-        with table.live(), writer.live(), _outside_ray_working_dir(folder):
+        with job_dir, table.live(), writer.live():
             if resume:
                 tuner = tune.Tuner.restore(tune_dir, fn, resume_unfinished=True, resume_errored=True)
             else:
