@@ -128,11 +128,10 @@ def _timm(name, input_shape, num_classes, dropout, batch_norm, kwargs):
 
     if "img_size" not in kw:
         try:  # the models that take an image size (vision transformers, ...) get the data's
-            model = create(**kw, img_size=(h, w))
-            return model, adapted + [f"img_size={h}x{w}"]
-        except TypeError as e:
-            if "img_size" not in str(e):
-                return _call(name, create, kw, asked), adapted  # the same error, said for the config
+            return _call(name, create, {**kw, "img_size": (h, w)}, asked), adapted + [f"img_size={h}x{w}"]
+        except ConfigError as e:
+            if "img_size" not in str(e):  # not about the image size: the config's error, said once
+                raise
     return _call(name, create, kw, asked), adapted
 
 
