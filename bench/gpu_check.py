@@ -9,6 +9,11 @@ measured; a section that fails records its error and the others still run):
 
 - ``ceiling``: a bf16 (and an fp32) matrix product on the device: the FLOP/s every other number
   is compared with.
+- ``defects``: the GPU defects only a GPU can show (issue 18), each small: ``augment`` (the random
+  crop's host-device synchronizations per epoch and step, counted by CUDA's sync debug mode),
+  ``lrn_bf16`` (the small AlexNet's LRN under bf16 autocast against float64), ``channels_last``
+  (the per-batch channels_last copy against a training step), ``determinism`` (two identical
+  runs of one epoch: bitwise equal weights?), ``profile`` (bench/train.py's profile on the device).
 - ``archs``: MLP 1x512, MLP 3x512, small AlexNet, small Inception on 50,000 CIFAR-format images
   held on the device, fp32 and bf16: whole-epoch training images/s (the second epoch; the first
   warms up cuDNN and the allocator; --smoke times the first), evaluation seconds (both splits), training FLOP/s (FLOPs
@@ -19,9 +24,11 @@ measured; a section that fails records its error and the others still run):
 - ``inception_v3``: 299x299, batch 32/64/128, bf16 autocast, channels_last: training images/s
   per GPU (the README cost estimate's assumption A3).
 - ``kernel``: the minimum-norm RBF solve at n = 50,000 (3,072 features, float32) on the device:
-  seconds, peak GPU memory, train error.
+  seconds, peak GPU memory, train error; the linear kernel's SVD route (QR on CUDA) at the same n,
+  checked against the plain SVD; the random-conv features (TF32 off) against float64 on the CPU.
 - ``phenomenon``: one MLP 1x512 trial fitting random labels on the CIFAR-format data until 99%
-  training accuracy (or the time left): steps and seconds to fit.
+  training accuracy (or the time left): steps and seconds to fit; then its training-set predictions
+  evaluated in bf16 and in fp32 (``eval_precision``: how many flip).
 
 Images are random uint8 pixels (CIFAR-10 cannot be fetched here; speed does not depend on the
 values). Prints the JSON at the end. ``--budget-s`` stops starting new measurements after that
@@ -47,10 +54,12 @@ sys.path.insert(0, str(REPO))
 ARCHS = ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small")
 FULL = {"n_train": 50_000, "n_test": 10_000, "matmul": 8192, "share_procs": (1, 2, 4, 8), "share_train": 10_000,
         "share_seconds": 12.0, "v3_batches": (32, 64, 128), "v3_size": 299, "v3_steps": 10, "kernel_n": 50_000,
-        "kernel_d": 3072, "fit_seconds": 90.0, "archs": ARCHS, "warmup_epochs": 1, "v3_warmup": 2}
+        "kernel_d": 3072, "fit_seconds": 90.0, "archs": ARCHS, "warmup_epochs": 1, "v3_warmup": 2,
+        "defect_n": 10_000, "profile_steps": 10, "svd_check_n": 4096, "conv_check_n": 256, "timing_reps": 20}
 SMOKE = {"n_train": 8, "n_test": 8, "matmul": 256, "share_procs": (1, 2), "share_train": 8,
          "share_seconds": 1.0, "v3_batches": (2,), "v3_size": 75, "v3_steps": 1, "kernel_n": 300,
-         "kernel_d": 48, "fit_seconds": 10.0, "archs": ARCHS, "warmup_epochs": 0, "v3_warmup": 0}
+         "kernel_d": 48, "fit_seconds": 10.0, "archs": ARCHS, "warmup_epochs": 0, "v3_warmup": 0,
+         "defect_n": 16, "profile_steps": 2, "svd_check_n": 200, "conv_check_n": 8, "timing_reps": 2}
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -121,8 +130,10 @@ def cifar_like(n_train: int, n_test: int, seed: int = 0):
                         rng.integers(0, 10, n_test).astype(np.int64), tuple(str(i) for i in range(10)), "generated")
 
 
-def make_trial(ds, arch: str, device, precision: str, corruption: dict | None = None, fit: bool = False):
-    """A project Trial on ``ds`` held on ``device`` by the in-memory loader (the paper's 28x28 crop)."""
+def make_trial(ds, arch: str, device, precision: str, corruption: dict | None = None, fit: bool = False,
+               augment: bool = False, seed: int = 0):
+    """A project Trial on ``ds`` held on ``device`` by the in-memory loader (the paper's 28x28 crop;
+    ``augment``: random 28x28 crops of the 32x32 images, drawn per batch)."""
     from rethink_dist.config import TrialConfig
     from rethink_dist.data.memory import MemoryLoader, corrupt_dataset
     from rethink_dist.train import Trial, labels_fingerprint
@@ -130,11 +141,11 @@ def make_trial(ds, arch: str, device, precision: str, corruption: dict | None = 
     cfg = TrialConfig.from_dict({
         "data": {"name": "cifar10"}, "model": {"name": arch},
         "corruption": corruption or {"kind": "none"}, "optim": {"epochs": 100_000},
-        "stop": {"stop_when_fitted": fit, "fit_threshold": 0.99},
-        "device": device.type, "precision": precision,
+        "stop": {"stop_when_fitted": fit, "fit_threshold": 0.99}, "reg": {"augment": augment},
+        "device": device.type, "precision": precision, "seed": seed,
     })
     arrays = corrupt_dataset(ds, cfg.corruption)
-    loader = MemoryLoader(arrays, 28, False, 0, device)
+    loader = MemoryLoader(arrays, 28, augment, 0, device)
     meta = {"num_classes": 10, "labels_fingerprint": labels_fingerprint(arrays.train_y)}
     return Trial(cfg, loader=loader, meta=meta)
 
@@ -228,6 +239,179 @@ def archs_section(device, sizes, ceiling: dict[str, float], check: Check) -> dic
 
                 torch.cuda.empty_cache()
         out[arch] = row
+    return out
+
+
+# ------------------------------------------------------------------ the GPU defects (issue 18)
+def count_syncs(device, fn: Callable[[], Any]) -> int | None:
+    """Run ``fn`` with CUDA's sync debug mode on "warn" and count the host-device synchronizations it
+    made (blocking copies, .item(), nonzero, ...). None on a CPU, where there is nothing to count."""
+    import warnings
+
+    import torch
+
+    if device.type != "cuda":
+        fn()
+        return None
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def augment_check(device, sizes) -> dict[str, Any]:
+    """Item 4: the random-crop path draws its offsets on the CPU (the same crops on every device) and
+    sends them in one pinned, asynchronous copy. Counted: the synchronizations of one epoch's batches
+    (the epoch's order is one blocking copy) and of a whole training epoch with evaluation."""
+    import torch
+
+    n = sizes["defect_n"]
+    trial = make_trial(cifar_like(n, max(8, n // 5), seed=2), "alexnet_small", device, "auto", augment=True)
+    trial.run_epoch()  # warm-up
+    bs = trial.config.optim.batch_size
+    batches = math.ceil(n / bs)
+
+    def loader_epoch() -> None:
+        for x, _ in trial.loader.train_batches(bs, torch.Generator().manual_seed(7)):
+            x.sum()  # use the batch on the device (no sync)
+
+    loader_syncs = count_syncs(device, loader_epoch)
+    recs: list[dict[str, Any]] = []
+    epoch_syncs = count_syncs(device, lambda: recs.append(trial.run_epoch()))
+    out = {"arch": "alexnet_small", "n_train": n, "batches_per_epoch": batches,
+           "images_per_s": recs[0]["images_per_s"], "syncs_counted": epoch_syncs is not None}
+    if epoch_syncs is not None:
+        out.update(loader_syncs_per_epoch=loader_syncs, epoch_syncs=epoch_syncs,
+                   epoch_syncs_per_step=epoch_syncs / batches)
+    return out
+
+
+def lrn_check(device) -> dict[str, Any]:
+    """Item 5: the small AlexNet's LRN under bf16 autocast. Its input is the model's own first
+    conv-ReLU-pool output on whitened images, in bf16, as it is at initialisation (``scale_1``) and
+    8 times larger (``scale_8``: trained activations grow). "shrink" is mean(input - output) /
+    mean(input), what the layer takes off: the reference computes it in float64; the project's layer
+    computes in float32 and returns bf16; a plain nn.LocalResponseNorm under CUDA autocast computes
+    its divisor 1 + 0.001 * mean(x^2) in bf16, where it rounds to 1 unless the activations are large.
+    At initialisation the whole effect is below bf16's resolution: the project's layer keeps it only
+    where the output's rounding can show it."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from rethink_dist.data.preprocess import preprocess
+    from rethink_dist.models import create
+
+    torch.manual_seed(0)
+    model = create("alexnet_small", (3, 28, 28), 10).to(device).eval()
+    raw = torch.from_numpy(cifar_like(256, 8, seed=3).train_x).permute(0, 3, 1, 2).contiguous().to(device)
+    lrn = model.features[3]
+    plain = nn.LocalResponseNorm(lrn.size, alpha=lrn.alpha, beta=lrn.beta, k=lrn.k)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+        a1 = model.features[:3](preprocess(raw, 28))
+    out: dict[str, Any] = {"input_dtype": str(a1.dtype)[6:]}
+    for scale in (1, 8):
+        a = a1 * scale
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            ours, theirs = lrn(a), plain(a)
+        ref = F.local_response_norm(a.double(), lrn.size, alpha=lrn.alpha, beta=lrn.beta, k=lrn.k)
+        mean_in = float(a.double().mean())
+        out[f"scale_{scale}"] = {
+            "shrink_reference_fp64": float((a.double() - ref).mean()) / mean_in,
+            "shrink_project_layer": float((a.double() - ours.double()).mean()) / mean_in,
+            "shrink_plain_lrn_under_autocast": float((a.double() - theirs.double()).mean()) / mean_in,
+            "output_dtype": str(ours.dtype)[6:]}
+    return out
+
+
+def channels_last_check(device, sizes) -> dict[str, Any]:
+    """Item 6: what the per-batch NCHW -> channels_last copy costs next to a training step."""
+    import torch
+
+    trial = make_trial(cifar_like(sizes["defect_n"], 8, seed=4), "alexnet_small", device, "auto")
+    trial.run_epoch()
+    bs, reps = trial.config.optim.batch_size, sizes["timing_reps"]
+    gen = torch.Generator().manual_seed(5)
+    x, y = next(iter(trial.loader.train_batches(bs, gen)))
+    idx = torch.randperm(trial.loader.num_train, generator=gen)[:bs].to(device)
+
+    def timed(fn) -> float:
+        fn()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        _sync(device)
+        return (time.perf_counter() - t) / reps * 1e3
+
+    def step() -> None:
+        loss = trial.train_step_loss(trial._inputs(x), y)
+        trial.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trial.optimizer.step()
+
+    trial.model.train()
+    gather = timed(lambda: trial.loader.train_eval.index_select(0, idx))
+    gather_cl = timed(lambda: trial._inputs(trial.loader.train_eval.index_select(0, idx)))
+    step_ms = timed(step)
+    return {"arch": "alexnet_small", "batch": bs, "channels_last": trial.channels_last, "gather_ms": gather,
+            "gather_and_channels_last_ms": gather_cl, "train_step_ms": step_ms,
+            "copy_share_of_step": max(0.0, gather_cl - gather) / step_ms}
+
+
+def determinism_check(device, sizes) -> dict[str, Any]:
+    """Item 8: two runs of the same trial (same seeds, same data) after one epoch: are the weights
+    bitwise equal? On CUDA some backward kernels (pooling, cuDNN's choices) are not deterministic,
+    so a GPU resume is not bit-exact; the difference says how far apart they drift."""
+    import torch
+
+    ds = cifar_like(sizes["defect_n"], 8, seed=6)
+    params = []
+    for _ in range(2):
+        trial = make_trial(ds, "alexnet_small", device, "auto")
+        trial.run_epoch()
+        params.append(torch.cat([p.detach().float().flatten() for p in trial.model.parameters()]))
+        del trial
+    diff = float((params[0] - params[1]).abs().max())
+    return {"arch": "alexnet_small", "epochs": 1, "bitwise_equal": bool(torch.equal(params[0], params[1])),
+            "max_abs_weight_diff": diff, "weight_scale": float(params[0].abs().max())}
+
+
+def profile_check(device, sizes) -> dict[str, Any]:
+    """Item 3: bench/train.py's profile of the trial loop (torch.profiler's device-time keys)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("rethink_bench_train", Path(__file__).resolve().parent / "train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    trial = make_trial(cifar_like(sizes["defect_n"], max(8, sizes["defect_n"] // 5), seed=8), "mlp_1x512", device, "auto")
+    trial.run_epoch()
+    prof = bench_train.Ours.profile(SimpleNamespace(trial=trial), steps=sizes["profile_steps"], top=5)
+    return {"train_step_seconds_by_phase": prof["train_step_seconds_by_phase"],
+            "eval_seconds_profiled": prof["eval_seconds_profiled"],
+            "train_top_ops": [{"op": o["op"], "ms_per_step": o["ms_per_step"]} for o in prof["train_top_ops"]]}
+
+
+def defects_section(device, sizes, check: Check) -> dict[str, Any]:
+    """The GPU defects of issue 18 that only a GPU can show, each small; one failing keeps the others."""
+    out: dict[str, Any] = {}
+    for name, fn in (("augment", lambda: augment_check(device, sizes)), ("lrn_bf16", lambda: lrn_check(device)),
+                     ("channels_last", lambda: channels_last_check(device, sizes)),
+                     ("determinism", lambda: determinism_check(device, sizes)),
+                     ("profile", lambda: profile_check(device, sizes))):
+        if check.left() <= 0:
+            out[name] = {"skipped": "time budget spent"}
+            continue
+        try:
+            out[name] = fn()
+        except Exception as e:  # noqa: BLE001 - one failed check must not lose the others
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     return out
 
 
@@ -339,10 +523,53 @@ def kernel_section(device, sizes) -> dict[str, Any]:
     fit = kn.interpolate(F_tr, Y, kernel="rbf")
     _sync(device)
     seconds = time.perf_counter() - t
-    return {"n": n, "d": d, "dtype": "float32", "seconds": seconds, "gram_solve_seconds": fit.gram_solve_seconds,
-            "solver": fit.solution.solver, "singular": fit.solution.singular,
+    out = {"n": n, "d": d, "dtype": "float32", "seconds": seconds, "gram_solve_seconds": fit.gram_solve_seconds,
+           "solver": fit.solution.solver, "singular": fit.solution.singular,
+           "train_error": float((fit.train_pred.argmax(1) != labels).float().mean()),
+           "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0}
+    del fit
+    out["linear"] = linear_route_check(device, sizes, F_tr, Y, labels)
+    out["random_conv"] = random_conv_check(device, sizes)
+    return out
+
+
+def linear_route_check(device, sizes, F_tr, Y, labels) -> dict[str, Any]:
+    """Item 9: the linear kernel with n > D is solved from the features' SVD, never forming K; on CUDA
+    through QR (F = QR, then the D x D SVD of R). Timed at the full n; checked against torch's plain
+    SVD on the first ``svd_check_n`` rows (the projection U U^T Y both give)."""
+    import torch
+
+    from rethink_dist.theory import kernel as kn
+
+    t = time.perf_counter()
+    fit = kn.interpolate(F_tr, Y, kernel="linear")
+    _sync(device)
+    seconds = time.perf_counter() - t
+    m = min(sizes["svd_check_n"], len(F_tr))
+    sub, ys = F_tr[:m].double(), Y[:m].double()
+    proj = []
+    for via_qr in (True, False):
+        U, S = kn.left_singular(sub, via_qr=via_qr)
+        U = U[:, S > S[0] * m * torch.finfo(torch.float64).eps]
+        proj.append(U @ (U.mT @ ys))
+    return {"n": len(F_tr), "seconds": seconds, "solver": fit.solution.solver, "rank": fit.solution.rank,
             "train_error": float((fit.train_pred.argmax(1) != labels).float().mean()),
-            "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0}
+            "qr_vs_plain_svd_max_abs_diff": float((proj[0] - proj[1]).abs().max()), "checked_rows": m}
+
+
+def random_conv_check(device, sizes) -> dict[str, Any]:
+    """Item 9: the random-conv features in float32 on the device (TF32 off on that path) against
+    float64 on the CPU: the largest difference relative to the features' largest value."""
+    import numpy as np
+
+    from rethink_dist.theory import kernel as kn
+
+    imgs = np.random.default_rng(9).integers(0, 256, (sizes["conv_check_n"], 32, 32, 3), dtype=np.uint8)
+    import torch
+
+    ours = kn.random_conv_features(imgs, 64, dtype=torch.float32, device=device).double().cpu()
+    ref = kn.random_conv_features(imgs, 64, dtype=torch.float64, device="cpu")
+    return {"n": len(imgs), "filters": 64, "max_rel_diff_vs_cpu_fp64": float((ours - ref).abs().max() / ref.abs().max())}
 
 
 def phenomenon_section(device, sizes, check: Check) -> dict[str, Any]:
@@ -353,9 +580,31 @@ def phenomenon_section(device, sizes, check: Check) -> dict[str, Any]:
     while not trial.done and time.perf_counter() - t < limit:
         trial.run_epoch()
     s = trial.summary()
-    return {"arch": "mlp_1x512", "corruption": "random labels", "n_train": sizes["n_train"], "fitted": s["fitted"],
-            "steps_to_fit": s["steps_to_fit"], "epochs": s["epochs"], "train_acc": s["train_acc"],
-            "test_acc": s["test_acc"], "seconds": time.perf_counter() - t}
+    out = {"arch": "mlp_1x512", "corruption": "random labels", "n_train": sizes["n_train"], "fitted": s["fitted"],
+           "steps_to_fit": s["steps_to_fit"], "epochs": s["epochs"], "train_acc": s["train_acc"],
+           "test_acc": s["test_acc"], "seconds": time.perf_counter() - t, "precision": "bf16" if trial.bf16 else "fp32"}
+    out["eval_precision"] = eval_precision_check(trial)
+    return out
+
+
+def eval_precision_check(trial) -> dict[str, Any]:
+    """Item 7: the fitted trial's training-set predictions with the evaluation in bf16 (as the loop
+    runs it under bf16) and in fp32: how many flip, and the two accuracies."""
+    import torch
+
+    was = trial.bf16
+    preds = {}
+    try:
+        with torch.inference_mode():
+            trial.model.eval()
+            for name, bf16 in (("bf16", True), ("fp32", False)):
+                trial.bf16 = bf16
+                preds[name] = trial._correct(trial.loader.eval_batches("train"), topk=1)
+    finally:
+        trial.bf16 = was
+    return {"train_acc_bf16_eval": float(preds["bf16"].float().mean()),
+            "train_acc_fp32_eval": float(preds["fp32"].float().mean()),
+            "flipped_fraction": float((preds["bf16"] != preds["fp32"]).float().mean())}
 
 
 # ------------------------------------------------------------------------------------ main
@@ -388,6 +637,7 @@ def main(argv=None) -> int:
     check.section("env", lambda: env_section(device))
     check.section("ceiling", lambda: ceiling_section(device, sizes))
     ceiling = {p: check.result["ceiling"].get(f"{p}_flops_per_s") or float("nan") for p in ("fp32", "bf16")}
+    check.section("defects", lambda: defects_section(device, sizes, check))
     check.section("archs", lambda: archs_section(device, sizes, ceiling, check))
     check.section("sharing", lambda: sharing_section(device, sizes, args.smoke))
     check.section("inception_v3", lambda: inception_v3_section(device, sizes))

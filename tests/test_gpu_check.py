@@ -33,8 +33,23 @@ def test_gpu_check_smoke_writes_every_section_with_finite_numbers(tmp_path):
     d = json.loads(out.read_text())
     assert json.loads(proc.stdout) == d  # printed too
     assert d["mode"] == "smoke" and d["env"]["device"] == "cpu"
-    for section in ("ceiling", "archs", "sharing", "inception_v3", "kernel", "phenomenon"):
+    for section in ("ceiling", "defects", "archs", "sharing", "inception_v3", "kernel", "phenomenon"):
         assert "error" not in d[section] and "skipped" not in d[section], (section, d[section])
+    defects = d["defects"]
+    for check in ("augment", "lrn_bf16", "channels_last", "determinism", "profile"):
+        assert "error" not in defects[check] and "skipped" not in defects[check], (check, defects[check])
+    assert defects["augment"]["images_per_s"] > 0 and defects["augment"]["syncs_counted"] is False  # CUDA only
+    lrn = defects["lrn_bf16"]["scale_8"]  # activations large enough for bf16 to show the layer's effect
+    assert lrn["shrink_reference_fp64"] > 0.01
+    assert abs(lrn["shrink_project_layer"] - lrn["shrink_reference_fp64"]) < 0.1 * lrn["shrink_reference_fp64"]
+    assert defects["determinism"]["bitwise_equal"]  # the CPU's kernels are deterministic
+    assert defects["channels_last"]["channels_last"] and defects["channels_last"]["train_step_ms"] > 0
+    assert set(defects["profile"]["train_step_seconds_by_phase"]) == {"data", "forward", "backward", "optimizer"}
+    linear = d["kernel"]["linear"]  # n = 300 > D = 48: solved from the features' SVD, never forming K
+    assert linear["solver"] == "svd_pinv" and linear["rank"] == 48 and linear["qr_vs_plain_svd_max_abs_diff"] < 1e-9
+    assert d["kernel"]["random_conv"]["max_rel_diff_vs_cpu_fp64"] < 1e-5
+    ev = d["phenomenon"]["eval_precision"]
+    assert 0 <= ev["flipped_fraction"] <= 1 and ev["train_acc_fp32_eval"] == d["phenomenon"]["train_acc"]
     for arch in ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small"):
         for precision in ("fp32", "bf16"):
             row = d["archs"][arch][precision]
