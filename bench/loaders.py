@@ -84,9 +84,19 @@ def _standardize(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / x.std(unbiased=False).clamp_min(1.0 / math.sqrt(x.numel()))
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit status 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import cpu_name
+
+    p = _Parser(prog="bench/loaders.py", description=__doc__.splitlines()[0])
     p.add_argument("--json", metavar="OUT", help="also write the JSON here")
+    p.add_argument("--kinds", default=",".join(k for k, _ in KINDS),
+                   help=f"the corruptions measured, comma-separated (default: all of {', '.join(k for k, _ in KINDS)})")
     p.add_argument("--n", type=int, default=20_000, help="training images (default 20000)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
@@ -100,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.jpeg_n < 0:
         p.error(f"--jpeg-n must be >= 0, got {args.jpeg_n}")
+    levels = dict(KINDS)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in levels]
+    if unknown or not kinds:
+        p.error(f"--kinds {args.kinds!r} is not valid; valid: a comma-separated list of {', '.join(levels)}")
+    args.kinds = [(k, levels[k]) for k in kinds]
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        p.error(f"--json {args.json!r}: folder {str(Path(args.json).resolve().parent)!r} does not exist")
     torch.set_num_threads(args.threads)
 
     from rethink_dist.config import TrialConfig
@@ -109,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     from rethink_dist.data.ffcv_writer import prepare
     from rethink_dist.data.memory import MemoryLoader, corrupt_dataset
 
-    results: dict = {"machine": {"cores": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__},
+    results: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": args.threads,
+                                 "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")},
                      "n_train": args.n, "batch_size": args.batch_size, "image": "32x32x3 -> 28x28 crop"}
     with tempfile.TemporaryDirectory(prefix="bench-loaders-") as tmp:
         rng = np.random.default_rng(0)
@@ -138,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results["ffcv"], results["ffcv_pipeline"] = ffcv_rates(cfg())
         by_kind, by_kind_raw = {}, {}
-        for kind, level in KINDS:
+        for kind, level in args.kinds:
             by_kind[kind], by_kind_raw[kind] = ffcv_rates(cfg(kind, level))
             print(f"  ffcv {kind}: {by_kind[kind]:,.0f} images/s", file=sys.stderr)
         worst = min(by_kind, key=by_kind.get)
@@ -216,7 +235,7 @@ def imagenet_jpeg(args) -> dict:
 
         out["ffcv"], out["ffcv_pipeline"] = rates("none", 0.0)
         by_kind, by_kind_raw = {}, {}
-        for kind, level in KINDS:
+        for kind, level in args.kinds:
             by_kind[kind], by_kind_raw[kind] = rates(kind, level)
             print(f"  ffcv imagenet jpeg {kind}: {by_kind[kind]:,.0f} images/s", file=sys.stderr)
     out["ffcv_corrupted_by_kind"] = by_kind

@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="training steps per epoch, for shorter epochs (train images = steps x batch size, test "
                         "= a fifth of that); default: CIFAR-10's 50,000 / 10,000 images for the MLPs, "
                         + ", ".join(f"{a} {s}" for a, s in DEFAULT_STEPS.items() if s) + " (CPU-sized)")
+    p.add_argument("--real-size", action="store_true",
+                   help="CIFAR-10's 50,000 / 10,000 images for every architecture, the conv nets too (the "
+                        "default on a GPU; on these CPUs a real-size small AlexNet round takes about 8 minutes)")
     p.add_argument("--rounds", type=int, default=5, help="timed epochs of each loop, alternating (default 5)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline (default 2)")
@@ -82,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         v = getattr(a, name)
         if v is not None and v < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if a.real_size and a.steps is not None:
+        raise BenchError(f"--real-size and --steps {a.steps} contradict each other; give one of them")
     if a.workers < 0:
         raise BenchError(f"--workers must be >= 0, got {a.workers}")
     if a.device not in ("auto", "cpu", "cuda"):
@@ -354,7 +359,8 @@ def bench_arch(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     from rethink_dist.train import resolve_device
 
     device = resolve_device(args.device)
-    steps = args.steps or DEFAULT_STEPS[arch]
+    # The CPU-sized defaults of the conv nets are for CPUs only: a GPU (or --real-size) runs real-size epochs.
+    steps = args.steps or (None if args.real_size or device.type == "cuda" else DEFAULT_STEPS[arch])
     if steps is None:  # the real size
         n_train, n_test = CIFAR_TRAIN, CIFAR_TEST
     else:
@@ -459,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/train.py: error: {e}", file=sys.stderr)
         return 2
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
+    from machine import cpu_name
 
     archs = list(ARCHS) if args.arch == "all" else [args.arch]
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -472,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "command": "bench/train.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "device": "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "cpu",
             "load_average_at_end": os.getloadavg(),
@@ -488,16 +496,6 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(text + "\n")
     print(text)
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

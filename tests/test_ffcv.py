@@ -388,3 +388,29 @@ def test_fashion_mnist_ffcv_equals_memory_path(fashion, kind, level):
         expected = preprocess(raw[idx], 28, augment=True, pad=2, generator=gen, channels=3)
         assert torch.equal(bx, expected) and torch.equal(by, torch.from_numpy(arrays.train_y)[idx])
     assert start == 600
+
+
+def test_loaders_bench_reports_the_jpeg_path_corruption_cost(tmp_path):
+    """bench/loaders.py at tiny size with one corruption: the raw CIFAR case and the ImageNet-layout
+    JPEG case each report images/s and the corruption's cost, and bench/table.py renders both."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    out = tmp_path / "loaders.json"
+    r = subprocess.run([sys.executable, str(bench / "loaders.py"), "--n", "256", "--batch-size", "64", "--repeats", "1",
+                        "--jpeg-n", "10", "--kinds", "gaussian", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert json.loads(r.stdout) == doc
+    for body in (doc, doc["imagenet_jpeg"]):
+        assert set(body["ffcv_corrupted_by_kind"]) == {"gaussian"}
+        assert body["ffcv"] > 0 and body["ffcv_corrupted_by_kind"]["gaussian"] > 0
+        assert body["corruption_cost"]["end_to_end"]["gaussian"] == round(
+            1 - body["ffcv_corrupted_by_kind"]["gaussian"] / body["ffcv"], 3)
+    assert doc["imagenet_jpeg"]["n_train"] == 10
+    t = subprocess.run([sys.executable, str(bench / "table.py"), "loaders", str(out)], capture_output=True, text=True,
+                       timeout=60)
+    assert t.returncode == 0, t.stderr
+    assert t.stdout.count("| gaussian |") == 2 and "ImageNet-layout JPEG" in t.stdout
+    bad = subprocess.run([sys.executable, str(bench / "loaders.py"), "--kinds", "blur"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "gaussian" in bad.stderr, bad.stderr

@@ -177,6 +177,7 @@ def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     ["--arch", "mlp_1x512", "--json", "out.json", "--steps", "0"],
     ["--arch", "mlp_1x512"],
     ["--arch", "mlp_1x512", "--json", "/no/such/folder/out.json"],
+    ["--arch", "alexnet_small", "--json", "out.json", "--real-size", "--steps", "4"],
 ])
 def test_bench_refuses_bad_input_with_one_line(args):
     r = run_bench(*args, timeout=60)
@@ -204,6 +205,16 @@ def test_bench_runs_end_to_end(tmp_path):
     assert res["train_images"] == 128 and res["test_images"] == 64
     assert res["epochs"]["ours"][0]["images"] == 128
     assert res["profile"]["train_top_ops"]
+    # The docs' table is generated from this JSON by bench/table.py.
+    t = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), "train", str(out)], capture_output=True,
+                       text=True, timeout=60)
+    assert t.returncode == 0, t.stderr
+    row = next(line for line in t.stdout.splitlines() if line.startswith("| mlp_1x512 |"))
+    assert f"| 128 / 64 | {res['ours_images_per_s']:,.0f} | {res['baseline_images_per_s']:,.0f} |" in row
+    assert f"{res['ratio']:.1f} / {res['ratio_median_of_rounds']:.1f}" in row
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), "train", str(tmp_path / "none.json")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
 def test_per_sample_records_agree_with_the_accuracies_and_survive_a_resume():
