@@ -211,6 +211,15 @@ class FFCVLoader:
             if torch.get_num_threads() != self.threads:
                 torch.set_num_threads(self.threads)
 
+    def _labels_on_device(self, y: torch.Tensor) -> torch.Tensor:
+        """A batch's labels on the device, in memory of their own (FFCV reuses its batch buffers). On a
+        GPU through a pinned copy, sent asynchronously: a copy from pageable memory would make the
+        host wait for the GPU at every batch."""
+        y = y.reshape(-1)
+        if self.device.type == "cuda":
+            return y.pin_memory().to(self.device, non_blocking=True)
+        return y.to(self.device, copy=True)
+
     def _prep(self, x: torch.Tensor, augment: bool, generator: torch.Generator | None) -> torch.Tensor:
         """N x H x W x C decoded (and corrupted) images -> whitened float32 N x C x H x W model inputs."""
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
@@ -231,14 +240,14 @@ class FFCVLoader:
         for x, y, idx in self._epoch(self._train):  # FFCV yields the file's field order: image, label, index
             seen_idx.append(idx.numpy().ravel().copy())
             seen_y.append(y.numpy().ravel().copy())
-            yield self._prep(x, self.spec.augment, generator), y.reshape(-1).to(self.device, copy=True)
+            yield self._prep(x, self.spec.augment, generator), self._labels_on_device(y)
         self.last_epoch = (np.concatenate(seen_idx) if seen_idx else np.zeros(0, np.int64),
                            np.concatenate(seen_y) if seen_y else np.zeros(0, np.int64))
 
     def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split (or this rank's ``eval_shard`` of it) in sample-index order, without augmentation."""
         for x, y in self._epoch(self._eval[split]):
-            yield self._prep(x, False, None), y.reshape(-1).to(self.device, copy=True)
+            yield self._prep(x, False, None), self._labels_on_device(y)
 
     def corrupted_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The whole split after the corruption, before cropping and whitening (N x H x W x C, labels)."""
