@@ -21,9 +21,11 @@ ceiling), and a profile of our loop (seconds per phase and the most expensive op
 The headline numbers take each loop's fastest epoch, the least disturbed on a shared machine;
 the medians and every epoch are in the JSON too.
 
-    .venv/bin/python bench/train.py --arch all --json bench-train.json
+    .venv/bin/python bench/train.py --arch mlp_1x512 --json bench-train.json              # real-size epochs
+    .venv/bin/python bench/train.py --arch all --cpu-sized --json bench-train.json        # on 2 CPU cores: 17 minutes
 
-prints the JSON (one object per architecture under "results") and writes it to --json.
+prints the JSON (one object per architecture under "results") and writes it to --json. Epochs
+are CIFAR-10's real size (50,000 / 10,000 images) unless --steps or --cpu-sized shortens them.
 """
 
 from __future__ import annotations
@@ -42,12 +44,12 @@ from pathlib import Path
 from typing import Any
 
 ARCHS = ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small")
-# CIFAR-10's sizes: the headline epochs are of the real size, 50,000 training and 10,000 test
-# images. Shorter epochs inflate the ratio (the baseline starts its DataLoader workers every
-# epoch whatever its size): they are for a quick look (--steps) and for the conv nets on a CPU,
-# whose real-size epochs take minutes (small AlexNet) to half an hour (small Inception).
+# CIFAR-10's sizes: the epochs are of the real size, 50,000 training and 10,000 test images, by
+# default. Shorter epochs inflate the ratio (the baseline starts its DataLoader workers every epoch
+# whatever its size): they are for a quick look (--steps) and for the conv nets on a CPU
+# (--cpu-sized), whose real-size rounds take minutes (small AlexNet) to most of an hour (small Inception).
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
-DEFAULT_STEPS = {"mlp_1x512": None, "mlp_3x512": None, "alexnet_small": 8, "inception_small": 4}  # None: real size
+CPU_SIZED_STEPS = {"alexnet_small": 8, "inception_small": 4}  # --cpu-sized; the MLPs stay real-size
 CROP = 28
 MATMUL_N = 2048
 
@@ -67,11 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", required=True, help="where to write the results (JSON)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per epoch, for shorter epochs (train images = steps x batch size, test "
-                        "= a fifth of that); default: CIFAR-10's 50,000 / 10,000 images for the MLPs, "
-                        + ", ".join(f"{a} {s}" for a, s in DEFAULT_STEPS.items() if s) + " (CPU-sized)")
-    p.add_argument("--real-size", action="store_true",
-                   help="CIFAR-10's 50,000 / 10,000 images for every architecture, the conv nets too (the "
-                        "default on a GPU; on these CPUs a real-size small AlexNet round takes about 8 minutes)")
+                        "= a fifth of that); default: CIFAR-10's 50,000 / 10,000 images")
+    p.add_argument("--cpu-sized", action="store_true",
+                   help="shorter epochs for the conv nets only (" + ", ".join(f"{a} {s} steps" for a, s in
+                   CPU_SIZED_STEPS.items()) + "): a real-size round of both loops takes about 4.5 minutes for "
+                   "the small AlexNet and most of an hour for the small Inception on 2 CPU cores")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up epochs of each loop (default 1)")
     p.add_argument("--rounds", type=int, default=5, help="timed epochs of each loop, alternating (default 5)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline (default 2)")
@@ -85,8 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         v = getattr(a, name)
         if v is not None and v < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    if a.real_size and a.steps is not None:
-        raise BenchError(f"--real-size and --steps {a.steps} contradict each other; give one of them")
+    if a.cpu_sized and a.steps is not None:
+        raise BenchError(f"--cpu-sized and --steps {a.steps} contradict each other; give one of them")
+    if a.warmup < 0:
+        raise BenchError(f"--warmup must be >= 0, got {a.warmup}")
     if a.workers < 0:
         raise BenchError(f"--workers must be >= 0, got {a.workers}")
     if a.device not in ("auto", "cpu", "cuda"):
@@ -359,8 +364,7 @@ def bench_arch(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     from rethink_dist.train import resolve_device
 
     device = resolve_device(args.device)
-    # The CPU-sized defaults of the conv nets are for CPUs only: a GPU (or --real-size) runs real-size epochs.
-    steps = args.steps or (None if args.real_size or device.type == "cuda" else DEFAULT_STEPS[arch])
+    steps = args.steps or (CPU_SIZED_STEPS.get(arch) if args.cpu_sized else None)
     if steps is None:  # the real size
         n_train, n_test = CIFAR_TRAIN, CIFAR_TEST
     else:
@@ -384,10 +388,11 @@ def bench_arch(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         procs[kind], conns[kind] = p, parent
         setup[kind] = parent.recv()["setup_seconds"]  # one at a time: setups do not overlap
     try:
-        warm = {}
-        for kind in loops:  # the first epoch of each warms caches (and compiles, if anything does)
-            conns[kind].send("epoch")
-            warm[kind] = conns[kind].recv()
+        warm: dict[str, list[dict[str, float]]] = {kind: [] for kind in loops}
+        for _ in range(args.warmup):  # the first epochs warm caches (and compile, if anything does)
+            for kind in loops:
+                conns[kind].send("epoch")
+                warm[kind].append(conns[kind].recv())
         epochs: dict[str, list[dict[str, float]]] = {"ours": [], "baseline": []}
         matmul: list[float] = []
         for r in range(args.rounds):
@@ -451,7 +456,7 @@ def bench_arch(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         "test_images": n_test,
         "steps_per_epoch": math.ceil(n_train / args.batch_size),
         "setup_seconds": setup,
-        "warmup_epoch": warm,
+        "warmup_epochs": warm,
         "epochs": epochs,
         "matmul_flops_per_s_samples": matmul,
         "profile": prof,

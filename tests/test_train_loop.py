@@ -177,7 +177,8 @@ def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     ["--arch", "mlp_1x512", "--json", "out.json", "--steps", "0"],
     ["--arch", "mlp_1x512"],
     ["--arch", "mlp_1x512", "--json", "/no/such/folder/out.json"],
-    ["--arch", "alexnet_small", "--json", "out.json", "--real-size", "--steps", "4"],
+    ["--arch", "alexnet_small", "--json", "out.json", "--cpu-sized", "--steps", "4"],
+    ["--arch", "mlp_1x512", "--json", "out.json", "--warmup", "-1"],
 ])
 def test_bench_refuses_bad_input_with_one_line(args):
     r = run_bench(*args, timeout=60)
@@ -189,7 +190,8 @@ def test_bench_refuses_bad_input_with_one_line(args):
 
 def test_bench_runs_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
-    r = run_bench("--arch", "mlp_1x512", "--json", str(out), "--steps", "2", "--rounds", "1", "--batch-size", "64")
+    r = run_bench("--arch", "mlp_1x512", "--json", str(out), "--steps", "2", "--rounds", "1", "--batch-size", "64",
+                  "--warmup", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert json.loads(r.stdout) == doc
@@ -204,6 +206,7 @@ def test_bench_runs_end_to_end(tmp_path):
     assert res["train_flops_per_image"] == fwd + 2 * 2352 * 512 + 4 * 512 * 10
     assert res["train_images"] == 128 and res["test_images"] == 64
     assert res["epochs"]["ours"][0]["images"] == 128
+    assert res["warmup_epochs"] == {"ours": [], "baseline": []}  # --warmup 0
     assert res["profile"]["train_top_ops"]
     # The docs' table is generated from this JSON by bench/table.py.
     t = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), "train", str(out)], capture_output=True,
