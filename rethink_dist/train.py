@@ -216,6 +216,8 @@ class Trial:
         self.channels_last = has_conv and len(loader.input_shape) == 3
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+            if hasattr(loader, "use_channels_last"):  # the memory loader: batches channels-last without a copy
+                loader.use_channels_last()
         if not has_conv and owns_loader and hasattr(loader, "eval_batch_size"):
             # Without convolutions activations are small: larger evaluation batches make larger,
             # faster matrix products (docs/speed.md).

@@ -43,7 +43,8 @@ def test_gpu_check_smoke_writes_every_section_with_finite_numbers(tmp_path):
     assert lrn["shrink_reference_fp64"] > 0.01
     assert abs(lrn["shrink_project_layer"] - lrn["shrink_reference_fp64"]) < 0.1 * lrn["shrink_reference_fp64"]
     assert defects["determinism"]["bitwise_equal"]  # the CPU's kernels are deterministic
-    assert defects["channels_last"]["channels_last"] and defects["channels_last"]["train_step_ms"] > 0
+    cl = defects["channels_last"]
+    assert cl["channels_last"] and cl["batch_is_channels_last"] and cl["train_step_ms"] > 0
     assert set(defects["profile"]["train_step_seconds_by_phase"]) == {"data", "forward", "backward", "optimizer"}
     linear = d["kernel"]["linear"]  # n = 300 > D = 48: solved from the features' SVD, never forming K
     assert linear["solver"] == "svd_pinv" and linear["rank"] == 48 and linear["qr_vs_plain_svd_max_abs_diff"] < 1e-9

@@ -59,6 +59,7 @@ class MemoryLoader:
         self.device = device
         self.crop, self.augment, self.pad, self.channels = crop, augment, pad, channels
         self.eval_batch_size = eval_batch_size
+        self.channels_last = False
         self.train_raw = _nchw(arrays.train_x, device)
         self.train_y = torch.from_numpy(arrays.train_y).to(device)
         self.changed = torch.from_numpy(arrays.changed).to(device)
@@ -69,6 +70,21 @@ class MemoryLoader:
         if not augment:
             self.train_raw = None  # the cache serves training batches too
         self.input_shape = tuple(self.test_eval.shape[1:])
+
+    def use_channels_last(self) -> None:
+        """Hold the cached inputs channels-last (N x H x W x C in memory, still N x C x H x W in shape) for
+        a channels-last model: a training batch is then gathered from that storage and an evaluation
+        batch is a slice of it, both already channels-last, where an N x C x H x W cache needs one
+        more copy of every batch to convert it."""
+        if not self.channels_last:
+            self.train_eval = self.train_eval.contiguous(memory_format=torch.channels_last)
+            self.test_eval = self.test_eval.contiguous(memory_format=torch.channels_last)
+            self.channels_last = True
+
+    def _gather(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:  # index_select would return an N x C x H x W-contiguous batch
+            return x.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
+        return x.index_select(0, idx)
 
     def _prep_all(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.cat([preprocess(raw[i : i + 4096], self.crop, channels=self.channels) for i in range(0, len(raw), 4096)])
@@ -87,7 +103,7 @@ class MemoryLoader:
                 x = preprocess(self.train_raw.index_select(0, idx), self.crop, augment=True, pad=self.pad,
                                generator=generator, channels=self.channels)
             else:
-                x = self.train_eval.index_select(0, idx)
+                x = self._gather(self.train_eval, idx)
             yield x, self.train_y.index_select(0, idx)
 
     def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
