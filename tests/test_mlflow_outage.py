@@ -1,13 +1,20 @@
 """A tracking server that goes away during a sweep: the trials keep training, every epoch still
 lands in Parquet, and the MLflow runs are back-filled (every epoch exactly once) when the server
-answers again: at the sweep's end, or later with ``--resume``. A real `mlflow server`, stopped
-and started again by the test (its own process, by its handle)."""
+answers again: at the sweep's end, or later with ``--resume``.
+
+A real `mlflow server` (its own process, stopped by its handle at the end) sits behind a TCP gate
+of the test's own: closing the gate stops listening on the sweep's port and drops its open
+connections (what a client sees of a server that went away: refused connections), opening it
+listens again. A restarted server would take 15-30 s to answer again, long enough on a fast
+machine for the sweep to end first."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,14 +66,86 @@ def _check_complete(uri: str, parquet: Path, epochs: int) -> None:
         assert "meta.params" in run.data.params
 
 
+class Gate:
+    """A TCP forwarder on 127.0.0.1 to ``target_port``. Open, it passes bytes both ways; closed, it does
+    not listen and has dropped every connection it held."""
+
+    def __init__(self, target_port: int):
+        self.target, self.port = target_port, free_port()
+        self.lock = threading.Lock()
+        self.conns: set[socket.socket] = set()
+        self.listener: socket.socket | None = None
+        self.open()
+
+    def open(self) -> str:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self.listener = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        sock, self.listener = self.listener, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close alone would not)
+            except OSError:
+                pass
+            sock.close()
+        with self.lock:
+            conns, self.conns = self.conns, set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def _accept(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:  # closed
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:  # one side ended: end both (the other pump then ends too)
+            for c in (src, dst):
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            src.close()
+            with self.lock:
+                self.conns.discard(src)
+
+
 class Outage:
-    """A server of our own and a sweep logging to it, stopped (the server) once the trials train."""
+    """A server of our own behind a gate and a sweep logging through it; the gate closes once the
+    trials train."""
 
     def __init__(self, tmp: Path, epochs: int):
         self.root, self.epochs = tmp / "mlflow", epochs
         self.root.mkdir()
-        self.port = free_port()
-        self.server, uri = start_mlflow_server(self.root, self.port)
+        self.server, server_uri = start_mlflow_server(self.root)
+        self.gate = Gate(int(server_uri.rsplit(":", 1)[1]))
+        uri = f"http://127.0.0.1:{self.gate.port}"
         (tmp / "outage.py").write_text(SWEEP.format(epochs=epochs))
         self.file, self.store = tmp / "outage.py", tmp / "store"
         self.parquet = self.store / "outage" / "trials.parquet"
@@ -76,14 +155,13 @@ class Outage:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         try:
             _wait(lambda: _epochs(self.parquet) >= 3, 300, "3 epochs of each trial")
-            stop_process(self.server)  # the tracking server goes away mid-sweep
+            self.gate.close()  # the tracking server goes away mid-sweep
         except BaseException:
             self.close()
             raise
 
     def start_server(self) -> str:
-        self.server, uri = start_mlflow_server(self.root, self.port)
-        return uri
+        return self.gate.open()
 
     def finish(self) -> tuple[str, str]:
         out, err = self.sweep.communicate(timeout=600)
@@ -94,6 +172,7 @@ class Outage:
         if self.sweep.poll() is None:
             self.sweep.kill()
             self.sweep.wait()
+        self.gate.close()
         stop_process(self.server)
 
 
