@@ -419,26 +419,27 @@ class SampleRecords:
     stays so (-1: not classified so at the latest evaluation), and its forgetting events (classified
     so at one evaluation, not at the next; Toneva et al. 2019)."""
 
+    KEYS = ("first_fit", "forgettings")  # whether a sample was classified so at the latest evaluation is first_fit >= 0
+
     def __init__(self, n: int, device: torch.device):
         self.first_fit = torch.full((n,), -1, dtype=torch.int32, device=device)
         self.forgettings = torch.zeros(n, dtype=torch.int32, device=device)
-        self.correct = torch.zeros(n, dtype=torch.bool, device=device)
 
     def update(self, correct: torch.Tensor, epoch: int) -> None:
-        if correct is None or correct.shape != self.correct.shape:
+        if correct is None or correct.shape != self.first_fit.shape:
             raise RuntimeError(f"per-sample records need the whole training set in index order, got "
-                               f"{None if correct is None else tuple(correct.shape)} for {tuple(self.correct.shape)}")
-        learned, forgotten = correct & ~self.correct, ~correct & self.correct
+                               f"{None if correct is None else tuple(correct.shape)} for {tuple(self.first_fit.shape)}")
+        before = self.first_fit >= 0
+        learned, forgotten = correct & ~before, ~correct & before
         self.first_fit[learned] = epoch
         self.first_fit[forgotten] = -1
         self.forgettings += forgotten.to(torch.int32)
-        self.correct = correct.clone()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k).detach().to("cpu", copy=True) for k in ("first_fit", "forgettings", "correct")}
+        return {k: getattr(self, k).detach().to("cpu", copy=True) for k in self.KEYS}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k in ("first_fit", "forgettings", "correct"):
+        for k in self.KEYS:
             t = state[k].to(getattr(self, k).device)
             if t.shape != getattr(self, k).shape:
                 raise ValueError(f"the checkpoint's per-sample records are for {t.shape[0]} samples, not "
