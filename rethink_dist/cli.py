@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
-import signal
 import sys
-import threading
 
-from rethink_dist.errors import UsageError, UserError
+from rethink_dist import stopping
+from rethink_dist.errors import UsageError, UserError, WriteFailed
 from rethink_dist.files import INTERRUPTED
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,29 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _on_sigint(signum, frame) -> None:
-    INTERRUPTED.set()
-    raise KeyboardInterrupt
-
-
-def _exit_interrupted() -> None:
-    """Exit with 130 now. A Ctrl-C that arrived while an extension ran Python code (an import
-    inside numba or torch) leaves CPython's "unhandled KeyboardInterrupt" mark even once we caught
-    it, and CPython would then end the process by SIGINT (-2) instead of our 130. The exit handlers
-    run first (Ray's shutdown among them) and the streams are flushed."""
-    import atexit
-    import os
-
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_INTERRUPTED)
-
-
 def main(argv: list[str] | None = None) -> int:
-    # First of all: a Ctrl-C while the commands' libraries load must reach us, not one of them.
-    on_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, _on_sigint) if on_main else None
+    # First of all: a Ctrl-C, SIGTERM or SIGHUP while the commands' libraries load must reach us,
+    # not one of them (rethink_dist/stopping.py says how each is delivered).
+    restore = stopping.install()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -74,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         rc = int(args._run(args) or 0)
-        if INTERRUPTED.is_set():  # a library swallowed the KeyboardInterrupt; the command still stops as 130
+        if INTERRUPTED.is_set():  # a library swallowed the KeyboardInterrupt; the command still stops
             raise KeyboardInterrupt
         return rc
-    except KeyboardInterrupt:
-        print("rethink-dist: interrupted", file=sys.stderr)
-        if argv is None:  # the command itself (not a caller in Python): end with 130, whatever Python thinks
-            _exit_interrupted()
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        return stopping.stopped(e, exit_process=argv is None)
+    except WriteFailed as e:
+        print(f"rethink-dist: error: {e.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:
         if isinstance(e, UserError):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -89,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         raise
     finally:
-        if on_main and previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        restore()
 
 
 if __name__ == "__main__":

@@ -23,24 +23,42 @@ def raise_if_interrupted() -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, after_interrupt: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; renamed onto ``path`` when the block ends without
-    an error, removed when it raises. The folder is created if missing."""
+    an error, removed when it raises. The folder is created if missing. After a Ctrl-C (even one a
+    library swallowed) the rename is refused, so that nothing is made to look complete, unless
+    ``after_interrupt`` (a file that is valid at any moment, such as the results table)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
-        raise_if_interrupted()
+        if not after_interrupt:
+            raise_if_interrupted()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def result_write(path: str | os.PathLike) -> Iterator[None]:
+    """Inside, an OSError (a full disk, a file-size limit, a read-only file system) becomes
+    :class:`rethink_dist.errors.WriteFailed` naming ``path``: one line for the user, exit code 1."""
+    from rethink_dist.errors import WriteFailed
+
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except OSError as e:
+        raise WriteFailed(path, e) from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    """Write ``obj`` as JSON (NaN refused: JSON has none) to ``path``, atomically."""
+    """Write ``obj`` as JSON (NaN refused: JSON has none) to ``path``, atomically; a refused write
+    raises WriteFailed naming the path (nothing is left half-written)."""
     text = json.dumps(obj, indent=indent, default=str, allow_nan=False) + "\n"
-    with atomic_path(path) as tmp:
+    with result_write(path), atomic_path(path) as tmp:
         tmp.write_text(text)
 
 

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from rethink_dist.commands import report
-from rethink_dist.commands.sweep import exit_code, print_summary, sweep_outcome
+from rethink_dist.commands.sweep import exit_code, print_summary, run_sweep_stopping, sweep_outcome
 from rethink_dist.errors import UsageError
 from rethink_dist.files import check_writable
-from rethink_dist.sweep.driver import DEFAULT_STORAGE, can_restore, run_sweep
+from rethink_dist.sweep.driver import DEFAULT_STORAGE, can_restore
 from rethink_dist.sweep.plan import load_sweep
 from rethink_dist.tracking import ui_lines
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     resume = can_restore(f"{storage}/{sweep.name}/tune")
     print(f"demo: sweep {sweep.name!r} ({len(sweep.trials)} trials) into {storage}"
           + (" (continuing the earlier run)" if resume else ""), file=sys.stderr, flush=True)
-    out = run_sweep(sweep, storage=storage, resume=resume, ray_address="local", num_cpus=args.num_cpus)
+    out = run_sweep_stopping(sweep, storage=storage, resume=resume, ray_address="local", num_cpus=args.num_cpus)
     print(sweep_outcome(sweep.name, out))
     print_summary(out["summary"])
 

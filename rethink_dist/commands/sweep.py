@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rethink_dist.errors import SweepError, UserError
+from rethink_dist import stopping
+from rethink_dist.errors import SweepError, UserError, WriteFailed
 from rethink_dist.files import check_writable
 from rethink_dist.tracking import check_reachable, default_tracking_uri, ui_lines
 from rethink_dist.metrics import fmt
@@ -99,7 +100,7 @@ def run_from_args(path: str, args: argparse.Namespace) -> int:
         print(f"{len(sweep.trials)} trials in sweep {sweep.name!r}")
         return 0
     print(f"sweep {sweep.name!r}: {len(sweep.trials)} trials", file=sys.stderr, flush=True)
-    out = run_sweep(sweep, storage=args.storage, tracking_uri=args.tracking_uri, resume=args.resume,
+    out = run_sweep_stopping(sweep, storage=args.storage, tracking_uri=args.tracking_uri, resume=args.resume,
                     max_concurrent=args.max_concurrent, ray_address=args.ray_address, num_cpus=args.num_cpus,
                     results_dir=args.results_dir, max_failures=args.max_failures,
                     report_seconds=args.report_seconds)
@@ -111,27 +112,52 @@ def run_from_args(path: str, args: argparse.Namespace) -> int:
     return exit_code(out)
 
 
+def run_sweep_stopping(sweep, **kwargs) -> dict[str, Any]:
+    """run_sweep; a signal that stops it at once (a second one) says how to continue."""
+    try:
+        return run_sweep(sweep, **kwargs)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"sweep {sweep.name!r} {stopping.how()}: what was recorded is kept; continue "
+                                "with --resume") from None
+
+
 def sweep_outcome(name: str, out: dict[str, Any]) -> str:
     """The line after a sweep: how many trials have results, failed, or were left unfinished."""
     line = f"\nsweep {name!r}: {len(out['summary'])}/{out['planned']} trials with results, {out['errors']} failed"
-    if out["unfinished"]:
-        line += f", {out['unfinished']} unfinished (interrupted: continue with --resume)"
+    if out["unfinished"] and out.get("storage_full"):
+        line += f", {out['unfinished']} unfinished (the storage is full: free some space, then continue with --resume)"
+    elif out["unfinished"]:
+        line += f", {out['unfinished']} unfinished ({stopping.how()}: continue with --resume)"
+    elif stopping.received():
+        line += f" ({stopping.how()} after every trial had finished)"
     return line
 
 
 def exit_code(out: dict[str, Any]) -> int:
-    """1 when a trial failed, 130 (as for Ctrl-C) when the sweep was interrupted, else 0."""
-    return 1 if out["errors"] else 130 if out["unfinished"] else 0
+    """1 when a trial failed or the storage filled up; 128 + the signal's number when a signal stopped
+    the sweep (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; 130 for trials left unfinished otherwise); else 0."""
+    if out["errors"] or out.get("storage_full"):
+        return 1
+    return stopping.exit_code() if out["unfinished"] or stopping.received() else 0
 
 
 def main(path: str, argv: list[str] | None = None) -> int:
     """Entry point of a sweep file run as a script."""
-    parser = argparse.ArgumentParser(prog=Path(path).name, description=f"Run the sweep {Path(path).name}.")
+    prog = Path(path).name
+    parser = argparse.ArgumentParser(prog=prog, description=f"Run the sweep {prog}.")
     add_sweep_arguments(parser)
-    args = parser.parse_args(argv)
+    restore = stopping.install()
     try:
+        args = parser.parse_args(argv)
         return run_from_args(path, args)
     except UserError as e:
-        print(f"{Path(path).name}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except WriteFailed as e:
+        print(f"{prog}: error: {e.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        return stopping.stopped(e, prog, exit_process=argv is None)
+    finally:
+        restore()
 

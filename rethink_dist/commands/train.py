@@ -134,9 +134,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"  wrote {args.json}", file=sys.stderr)
     if args.samples and samples is not None:
+        from rethink_dist.files import result_write
         from rethink_dist.parquet import write_sample_records
 
-        write_sample_records(args.samples, cfg.resolved().name, samples)
+        with result_write(args.samples):
+            write_sample_records(args.samples, cfg.resolved().name, samples)
         if not args.quiet:
             print(f"  wrote {args.samples}", file=sys.stderr)
     return 0
