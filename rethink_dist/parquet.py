@@ -37,7 +37,10 @@ class ResultsTable:
     # table travels as its path. Unpickled while a sweep holds the table live (see live()), it is
     # that same table (one set of rows, shared); otherwise it reloads the rows written so far.
     def __getstate__(self) -> dict[str, Any]:
-        self.flush()
+        try:
+            self.flush()
+        except OSError:  # a full disk: the rows stay pending here (the driver reports it and stops)
+            pass
         return {"path": str(self.path), "min_interval_s": self.min_interval_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -58,8 +61,7 @@ class ResultsTable:
         try:
             yield self
         finally:
-            self.flush()
-            _LIVE.pop(key, None)
+            _LIVE.pop(key, None)  # the owner writes what is pending (and handles a refused write)
 
     def add(self, row: dict[str, Any], flush: bool = False) -> None:
         """Insert or replace the row of (row['trial_id'], row['epoch']); write if due."""
@@ -84,9 +86,9 @@ class ResultsTable:
         if not self._dirty:
             return
         rows = [self.rows[k] for k in sorted(self.rows)]
-        self._dirty = False
         self._last_write = time.monotonic()
         if not rows:
+            self._dirty = False
             return
         columns: list[str] = [c for c in FIRST_COLUMNS]
         for r in rows:
@@ -94,8 +96,10 @@ class ResultsTable:
                 if k not in columns:
                     columns.append(k)
         table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
-        with atomic_path(self.path) as tmp:
+        # Rows are a valid table at any moment, so the write goes ahead after a Ctrl-C too.
+        with atomic_path(self.path, after_interrupt=True) as tmp:
             pq.write_table(table, tmp)
+        self._dirty = False  # only once written: a refused write is tried again at the next flush
 
 
 def read_results(path: str | os.PathLike):

@@ -13,7 +13,7 @@ from rethink_dist.errors import SweepError, UserError, WriteFailed
 from rethink_dist.files import check_writable
 from rethink_dist.tracking import check_reachable, default_tracking_uri, ui_lines
 from rethink_dist.metrics import fmt
-from rethink_dist.sweep.driver import DEFAULT_STORAGE, MAX_FAILURES, run_sweep
+from rethink_dist.sweep.driver import DEFAULT_STORAGE, MAX_FAILURES, run_sweep, storage_paths
 from rethink_dist.sweep.plan import load_sweep
 from rethink_dist.sweep.worker import REPORT_SECONDS
 
@@ -99,7 +99,6 @@ def run_from_args(path: str, args: argparse.Namespace) -> int:
             print(f"{s.trial_id}  {s.kind:<12} {s.run_name}")
         print(f"{len(sweep.trials)} trials in sweep {sweep.name!r}")
         return 0
-    print(f"sweep {sweep.name!r}: {len(sweep.trials)} trials", file=sys.stderr, flush=True)
     out = run_sweep_stopping(sweep, storage=args.storage, tracking_uri=args.tracking_uri, resume=args.resume,
                     max_concurrent=args.max_concurrent, ray_address=args.ray_address, num_cpus=args.num_cpus,
                     results_dir=args.results_dir, max_failures=args.max_failures,
@@ -117,6 +116,12 @@ def run_sweep_stopping(sweep, **kwargs) -> dict[str, Any]:
     try:
         return run_sweep(sweep, **kwargs)
     except KeyboardInterrupt:
+        _, folder = storage_paths(kwargs.get("storage") or DEFAULT_STORAGE, sweep.name)
+        if folder is None and kwargs.get("results_dir"):
+            folder = Path(kwargs["results_dir"]).resolve() / sweep.name
+        if folder is not None and not (folder / "sweep.json").exists():
+            raise KeyboardInterrupt(f"sweep {sweep.name!r} {stopping.how()} before it began: nothing was "
+                                    "written") from None
         raise KeyboardInterrupt(f"sweep {sweep.name!r} {stopping.how()}: what was recorded is kept; continue "
                                 "with --resume") from None
 

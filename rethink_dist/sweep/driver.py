@@ -21,11 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rethink_dist import stopping
 from rethink_dist.errors import SweepError
 from rethink_dist.files import write_json_atomic
 from rethink_dist.parquet import ResultsTable, write_sample_records
 from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, SAMPLES_DIR, SAMPLES_FILE, finite_numbers, summarize
+from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import KINDS, Sweep, TrialSpec
+from rethink_dist.sweep.space import STORAGE_WORDS, SpaceWatch, check_fits, estimate, storage_error
 from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
 from rethink_dist.tracking import (TrialRun, check_reachable, default_artifact_location, default_tracking_uri,
                                    ensure_experiment, ensure_parent_run, finish_run)
@@ -37,7 +40,11 @@ MAX_FAILURES = 5  # retries of one trial (a lost spot node counts as one); -1: u
 def connect_ray(address: str | None, num_cpus: int | None, runtime_env: dict[str, Any] | None = None) -> None:
     """Join the cluster this node belongs to (under ``ray submit``), the given address, or start a local
     Ray; ``runtime_env`` (a sweep's RUNTIME_ENV) is every trial's (Ray merges it with a submitted job's)."""
+    import faulthandler
+
     import ray
+    import ray._private.ray_constants as ray_constants
+    import ray._private.utils as ray_utils
 
     if ray.is_initialized():
         if runtime_env:
@@ -46,6 +53,18 @@ def connect_ray(address: str | None, num_cpus: int | None, runtime_env: dict[str
         return
     kw = {"runtime_env": runtime_env} if runtime_env else {}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # ray.init installs a SIGTERM handler of its own (sys.exit), and its native crash handler, which
+    # takes SIGTERM too, dumps a stack and kills the process: the command's handlers stay
+    # (rethink_dist/stopping.py). This process only: Ray's own processes keep their crash handler,
+    # and Python's shows this one's stack on a crash.
+    if stopping.installed():
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+        faulthandler.enable()
+    with stopping.deferred(), stopping.kept_from(ray_utils, "set_sigterm_handler"):
+        _init_ray(ray, address, num_cpus, kw)
+
+
+def _init_ray(ray, address: str | None, num_cpus: int | None, kw: dict[str, Any]) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address in (None, "", "auto"):
         # Under `ray submit` / `ray job submit` this node belongs to a cluster: join it.
@@ -83,6 +102,62 @@ def _outside_ray_working_dir(folder: Path):
     finally:
         with contextlib.suppress(OSError):
             os.chdir(here)  # the path again: Ray's new copy of the working dir
+
+
+class _Quiet:
+    """A logging filter that drops Tune's and MLflow's lines that the driver says in its own words:
+    trials that have no results yet on a resume ("Failed to fetch metrics": resume_line says what
+    the resume found), Tune's restore advice (the sweep's line says --resume), and the tracebacks of
+    writes refused by a full storage (stop_for_storage says it once)."""
+
+    DROP = ("Failed to fetch metrics", "Could not fetch metrics for", "Tuner.restore(",
+            "Experiment has been interrupted")
+
+    def filter(self, record) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]}"
+        return not (any(d in text for d in self.DROP) or storage_error(text))
+
+
+QUIET_LOGGERS = ("ray.tune.analysis.experiment_analysis", "ray.tune.tune", "ray.tune.execution.tune_controller",
+                 "mlflow.store.db.utils")
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    import logging
+
+    quiet = _Quiet()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
+    try:
+        yield
+    finally:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def _tune_signals():
+    """Tune's loop stops on the command's stop signals (see :func:`rethink_dist.stopping.graceful`):
+    the first one is handed to Tune as SIGUSR1, on which it stops gracefully; Tune's own SIGINT
+    handler stays out so that SIGINT, SIGTERM and SIGHUP behave alike."""
+    import signal
+
+    if not stopping.installed():  # a caller in Python (tests): Tune's own Ctrl-C handling
+        yield
+        return
+    before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        with stopping.graceful(lambda signum: os.kill(os.getpid(), signal.SIGUSR1)):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before
 
 
 def storage_paths(storage: str, sweep: str) -> tuple[str, Path | None]:
@@ -140,12 +215,20 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         folder = Path(results_dir).resolve() / sweep.name
     tune_dir = f"{tune_storage}/tune"
     exists = can_restore(tune_dir)
-    if resume and not exists:
-        raise SweepError(f"--resume: no interrupted sweep at {tune_dir!r}; run without --resume to start it")
+    # Tune's own state can be left unreadable (a disk that filled while Tune wrote it): the project's
+    # records (sweep.json, trials.parquet, the trials' checkpoints) are enough to continue.
+    rebuild = resume and not exists and "://" not in tune_dir and Path(tune_dir).is_dir() \
+        and (folder / "sweep.json").is_file()
+    if resume and not exists and not rebuild:
+        if not (folder / "sweep.json").is_file():
+            raise SweepError(f"--resume: no interrupted sweep at {tune_dir!r}; run without --resume to start it")
+        # stopped before Tune had started: nothing ran, so the sweep starts now
+        print(f"resume: sweep {sweep.name!r} was stopped before any trial started; starting it", file=sys.stderr,
+              flush=True)
+        resume = False
     if not resume and exists:
         raise SweepError(f"sweep {sweep.name!r} already has results at {tune_dir!r}; pass --resume to continue it, "
                          "or choose another --storage")
-    folder.mkdir(parents=True, exist_ok=True)
     plan = {"sweep": sweep.name, "file": sweep.path, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "tracking_uri": tracking_uri, "storage": tune_storage,
             "trials": [{**s.to_dict(), "flat": s.flat()} for s in sweep.trials]}
@@ -155,23 +238,42 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         if [t["trial_id"] for t in old["trials"]] != [s.trial_id for s in sweep.trials]:
             raise SweepError(f"--resume: the trials of {sweep.path!r} changed since the sweep started; "
                              "Tune cannot change a running sweep's grid: start a new sweep (another --storage)")
-    else:
-        write_json_atomic(plan_path, plan, indent=1)
-
+    need = estimate(sweep.trials, max_concurrent)
+    if "://" not in storage:
+        check_fits(folder, need, "--storage")
+    # A sweep refused from here on (another driver holds it, MLflow refuses it) leaves nothing behind.
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    lease = Lease(folder, sweep.name)
     try:
-        experiment_id = ensure_experiment(tracking_uri, sweep.name,
-                                          default_artifact_location(tracking_uri, storage, sweep.name))
-        parent = ensure_parent_run(tracking_uri, experiment_id, sweep.name,
-                                   {"sweep_file": sweep.path, "num_trials": len(sweep.trials), "storage": tune_storage})
-    except Exception as e:  # MlflowException, connection errors: the store refuses the sweep
-        if isinstance(e, SweepError):
-            raise
-        raise SweepError(f"MLflow at {tracking_uri} refused the sweep's experiment: {str(e).splitlines()[0]}") from None
+        lease.acquire()
+        try:
+            experiment_id = ensure_experiment(tracking_uri, sweep.name,
+                                              default_artifact_location(tracking_uri, storage, sweep.name))
+            parent = ensure_parent_run(tracking_uri, experiment_id, sweep.name,
+                                       {"sweep_file": sweep.path, "num_trials": len(sweep.trials),
+                                        "storage": tune_storage})
+        except Exception as e:  # MlflowException, connection errors: the store refuses the sweep
+            if isinstance(e, SweepError):
+                raise
+            raise SweepError(f"MLflow at {tracking_uri} refused the sweep's experiment: "
+                             f"{str(e).splitlines()[0]}") from None
+        if not (resume and plan_path.exists()):
+            write_json_atomic(plan_path, plan, indent=1)
+        table = ResultsTable(folder / "trials.parquet")
+        print(f"sweep {sweep.name!r}: {len(sweep.trials)} trials", file=sys.stderr, flush=True)
+    except BaseException:
+        lease.release()
+        for p in created:  # the folders this call made, innermost first, if still empty
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
     tracking = {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent,
                 "sweep": sweep.name}
-    table = ResultsTable(folder / "trials.parquet")
     writer = ResultsWriter(table, tracking, sweep.name, {s.trial_id: s.to_dict() for s in sweep.trials},
                            {s.trial_id: s.flat() for s in sweep.trials})
+    writer.watch = SpaceWatch([folder] + ([Path(tune_storage)] if "://" not in tune_storage else []),
+                              reserve=2 * need["largest"] + 2**20)
 
     # Before Ray starts: Ray may replace a job's working dir (this process's folder) as soon as it
     # sets up workers on this node, even for the driver's own connection.
@@ -181,6 +283,7 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         connect_ray(ray_address, num_cpus, sweep.runtime_env)
     except BaseException:
         job_dir.close()
+        lease.release()
         raise
     fn = tune.with_resources(trainable, _trial_resources)
     run_config = tune.RunConfig(
@@ -198,12 +301,20 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     errors = unfinished = 0
     try:
         # On --resume, Tune unpickles the callback it saved: inside live() that copy is this writer.
-        with job_dir, table.live(), writer.live():
+        with job_dir, table.live(), writer.live(), _quiet_logs():
+            todo, tuner = list(sweep.trials), None
             if resume:
-                tuner = tune.Tuner.restore(tune_dir, fn, resume_unfinished=True, resume_errored=True)
-            else:
-                param_space = {"spec": tune.grid_search([s.to_dict() for s in sweep.trials]),
-                               "ctx": {"report_seconds": report_seconds}}
+                print(resume_line(sweep, table, tune_dir), file=sys.stderr, flush=True)
+            if resume and not rebuild:
+                try:
+                    tuner = tune.Tuner.restore(tune_dir, fn, resume_unfinished=True, resume_errored=True)
+                except Exception as e:  # a damaged experiment state (JSONDecodeError, KeyError 'spec', ...)
+                    rebuild = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ctx = {"report_seconds": report_seconds}
+            if rebuild:
+                todo, ctx["resume_from"] = _rebuild_plan(sweep, table, tune_dir, rebuild)
+            if tuner is None:
+                param_space = {"spec": tune.grid_search([s.to_dict() for s in todo]), "ctx": ctx}
                 # A trial's actor (its process, with torch imported) runs the next trial that asks
                 # for the same resources instead of a fresh process per trial.
                 tuner = tune.Tuner(
@@ -211,7 +322,11 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
                     tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
                 )
-            grid = tuner.fit()  # returns normally after a Ctrl-C too: then some trials are unfinished
+            # The first Ctrl-C, SIGTERM or SIGHUP stops Tune as its own SIGUSR1 does: no new trials, the
+            # results already reported land, fit() returns with some trials unfinished. A second one
+            # raises KeyboardInterrupt (rethink_dist/stopping.py).
+            with _tune_signals():
+                grid = tuner.fit()
             writer.retry_mlflow_now()  # back-fill what an MLflow outage left out
             for result in grid:
                 tid = ((result.config or {}).get("spec") or {}).get("trial_id")
@@ -222,19 +337,66 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
                 writer.reconcile(tid, result.checkpoint, finished=done,
                                  status="FINISHED" if done else "FAILED" if failed else "KILLED")
             # Trials an interrupted Tune never started have no result at all: unfinished too.
-            unfinished += max(0, len(sweep.trials) - len(grid))
+            unfinished += max(0, len(todo) - len(grid))
         status = "FAILED" if errors else "KILLED" if unfinished else "FINISHED"
     except BaseException:
         status = "KILLED"
         raise
     finally:
-        table.flush()
-        writer.flush()
-        writer._mlflow("ending the sweep's run", finish_run, tracking_uri, parent, status)
+        try:
+            writer._table_write(table.flush)
+            writer.flush()
+            writer._mlflow("ending the sweep's run", finish_run, tracking_uri, parent, status)
+        finally:
+            lease.release()  # last: after the final writes
     summary = [rows[-1] for rows in (table.trial_rows(s.trial_id) for s in sweep.trials) if rows]
     return {"results_dir": str(folder), "parquet": str(folder / "trials.parquet"), "tracking_uri": tracking_uri,
-            "experiment": sweep.name, "experiment_id": experiment_id, "summary": summary, "errors": errors, "unfinished": unfinished,
-            "planned": len(sweep.trials)}
+            "experiment": sweep.name, "experiment_id": experiment_id, "summary": summary, "errors": errors,
+            "unfinished": unfinished, "planned": len(sweep.trials), "storage_full": writer.storage_full}
+
+
+def _finished(table: ResultsTable, tid: str) -> bool:
+    rows = table.trial_rows(tid)
+    return bool(rows) and bool(rows[-1].get("finished"))
+
+
+def resume_line(sweep: Sweep, table: ResultsTable, tune_dir: str) -> str:
+    """What ``--resume`` found, from the project's own records: finished trials, trials that go on
+    from a checkpoint, trials not started."""
+    done = sum(_finished(table, s.trial_id) for s in sweep.trials)
+    begun = sum(bool(table.trial_rows(s.trial_id)) and not _finished(table, s.trial_id) for s in sweep.trials)
+    left = len(sweep.trials) - done - begun
+    return (f"resume: {done} of {len(sweep.trials)} trials finished, {begun} go on from their last checkpoint, "
+            f"{left} not started yet")
+
+
+def _checkpoints_newest_first(trial_dir: Path) -> list[str]:
+    """A trial's checkpoint folders that hold a readable history, newest first."""
+    out = []
+    for d in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+        try:
+            json.loads((d / "history.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if (d / "state.pt").is_file():
+            out.append(str(d))
+    return out
+
+
+def _rebuild_plan(sweep: Sweep, table: ResultsTable, tune_dir: str, why: Any) -> tuple[list[TrialSpec], dict]:
+    """Continue a sweep whose Tune state cannot be read: set that folder aside, and run a new Tune
+    experiment of the trials that are not finished (by trials.parquet), each from its newest readable
+    checkpoint in the old folder (the trainable tries them newest first)."""
+    old = Path(tune_dir)
+    aside = old.with_name(f"{old.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(old, aside)
+    todo = [s for s in sweep.trials if not _finished(table, s.trial_id)]
+    resume_from = {s.trial_id: _checkpoints_newest_first(aside / s.trial_id) for s in todo}
+    reason = "" if why is True else f" ({why})"
+    print(f"resume: Tune's experiment state in {str(old)!r} cannot be read{reason}; it is kept as "
+          f"{str(aside)!r}, and the {len(todo)} unfinished trials continue from the project's own records "
+          f"({sum(bool(v) for v in resume_from.values())} from a checkpoint)", file=sys.stderr, flush=True)
+    return todo, resume_from
 
 
 def run_one_trial(spec: TrialSpec, tracking_uri: str | None = None, experiment: str = "train",
@@ -297,6 +459,8 @@ class ResultsWriter:
         self.last: dict[str, dict[str, Any]] = {}  # each trial's last reported result
         self.closed: set[str] = set()  # trials whose MLflow run has its final status
         self.down_since: float | None = None  # when MLflow stopped answering (None: it answers)
+        self.watch: SpaceWatch | None = None  # set by run_sweep for local storage
+        self.storage_full: str | None = None  # the line that stopped the sweep for want of space
 
     # Tune pickles its callbacks with the experiment state and unpickles them on --resume. Unpickled
     # while this sweep's writer is live, the copy is that writer (one state: its MLflow runs, what
@@ -372,11 +536,41 @@ class ResultsWriter:
         if self.down_since is not None and time.monotonic() - self.down_since >= self.RETRY_SECONDS:
             self.down_since = None
 
+    # ------------------------------------------------------------------ the storage
+    def stop_for_storage(self, line: str) -> None:
+        """Say once that the storage refuses writes, and stop the sweep as on Ctrl-C: Tune starts no
+        new trial, what was reported lands; ``--resume`` continues once there is room."""
+        if self.storage_full is not None:
+            return
+        self.storage_full = line
+        print(f"rethink-dist: {line}; stopping the sweep (what was recorded is kept: free some space, then "
+              "continue with --resume)", file=sys.stderr, flush=True)
+        import signal
+
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own graceful stop (its handler, while fit() runs)
+
+    def _check_storage(self) -> None:
+        line = self.watch.short() if self.watch is not None and self.storage_full is None else None
+        if line:
+            self.stop_for_storage(line)
+
+    def _table_write(self, fn, *args, path: Path | None = None) -> None:
+        """A write of the Parquet table (or of a trial's ``path``); a storage that refuses it stops the
+        sweep (the rows stay in memory and in the trials' checkpoints: the next flush, or --resume,
+        writes them)."""
+        try:
+            fn(*args)
+        except OSError as e:
+            if not storage_error(e):
+                raise
+            self.stop_for_storage(f"writing {str(path or self.table.path)!r} failed ({e.strerror or e})")
+
     # ------------------------------------------------------------------ Tune's events
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = trial.config.get("spec", {}).get("trial_id")  # result["trial_id"] is Tune's own id
         if tid not in self.specs:
             return
+        self._check_storage()
         # A report carries one epoch or several; a diverged trial's last report, none.
         records = [] if result.get("diverged") else result.get("records") or [result]
         self.last[tid] = records[-1] if records else result
@@ -384,7 +578,7 @@ class ResultsWriter:
             for epoch in records:
                 record = {k: epoch[k] for k in RECORD_KEYS if k in epoch}
                 record["finished"] = False
-                self.table.add(self._row(tid, record))
+                self._table_write(self.table.add, self._row(tid, record))
         self._mlflow("logging epochs", self._log_result, tid, result, records)
 
     def _log_result(self, tid: str, result: dict[str, Any], records: list[dict[str, Any]]) -> None:
@@ -415,6 +609,9 @@ class ResultsWriter:
             error = str(trial.get_error() or "")
         except Exception:  # the error file may be unreadable; the tag says so
             error = "(the trial's error text could not be read)"
+        if storage_error(error):
+            self.stop_for_storage(f"trial {tid} could not write its checkpoint "
+                                  f"({next(w for w in STORAGE_WORDS if w in error)})")
         self._mlflow("tagging a failed trial", self._tag_error, tid, error[-4000:] or "unknown error")
         if final:
             self.reconcile(tid, trial.checkpoint, finished=False, status="FAILED")
@@ -443,10 +640,11 @@ class ResultsWriter:
             for r in rows:
                 r["finished"] = False
             rows[-1]["finished"] = finished
-            self.table.replace_trial(tid, rows)
+            self._table_write(self.table.replace_trial, tid, rows)
             samples = read_checkpoint_samples(checkpoint, tid) if history is not None else None
             if samples is not None:  # sample_records: samples/<trial_id>.parquet beside trials.parquet
-                write_sample_records(self.table.path.parent / SAMPLES_DIR / f"{tid}.parquet", tid, samples)
+                path = self.table.path.parent / SAMPLES_DIR / f"{tid}.parquet"
+                self._table_write(write_sample_records, path, tid, samples, path=path)
         if self.tracking is None or tid in self.closed:
             return
         self._maybe_retry_mlflow()
@@ -480,7 +678,7 @@ class ResultsWriter:
 
     def on_experiment_end(self, trials, **info):
         if self.table is not None:
-            self.table.flush()
+            self._table_write(self.table.flush)
         self.flush()
 
     def as_tune_callback(self):

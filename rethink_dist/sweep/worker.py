@@ -73,10 +73,13 @@ def trainable(config: dict[str, Any]) -> None:
         from rethink_dist.sweep.ddp import run_ddp_trial  # torch.distributed: only in data-parallel trials
 
         return run_ddp_trial(spec)
-    return _network_trial(spec, float(ctx.get("report_seconds", REPORT_SECONDS)))
+    return _network_trial(spec, float(ctx.get("report_seconds", REPORT_SECONDS)),
+                          (ctx.get("resume_from") or {}).get(spec["trial_id"], []))
 
 
-def _network_trial(spec: dict[str, Any], report_seconds: float) -> None:
+def _network_trial(spec: dict[str, Any], report_seconds: float, resume_from: list[str] = ()) -> None:
+    """``resume_from``: checkpoint folders, newest first, of a sweep continued without Tune's state
+    (the driver's rebuilt resume): the trial goes on from the first that loads."""
     import ray
     from ray import tune
 
@@ -89,6 +92,15 @@ def _network_trial(spec: dict[str, Any], report_seconds: float) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             load_checkpoint(trial, d)
+    else:
+        for folder in resume_from:
+            try:
+                load_checkpoint(trial, folder)
+                break
+            except Exception as e:  # a checkpoint cut short by the full disk: the one before it
+                print(f"rethink-dist: {spec['trial_id']}: checkpoint {folder} cannot be read ({type(e).__name__}); "
+                      "trying the one before it", flush=True)
+                trial = Trial(cfg, device=placed_device(cfg.device, ray.get_gpu_ids()))
     placement = {"labels_fingerprint": trial.meta.get("labels_fingerprint", ""), "node": socket.gethostname(),
                  "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     reporter = TuneReporter(trial, report_seconds, placement)
