@@ -270,7 +270,7 @@ def judge(result: dict[str, Any], device_type: str, broken: tuple[str, ...] = ()
             if isinstance(v, dict) or (v is not None and not isinstance(v, (int, float))):
                 v, note = None, f"not a number: {v!r}"
             if v is None and note is None:
-                note = ("not countable on a CPU" if e.gpu_only and device_type != "cuda" else
+                note = ("judged on a GPU only" if e.gpu_only and device_type != "cuda" else
                         "no number: the trials or counts it needs are not in the JSON (see the section)")
             if v is None and e.gpu_only and device_type != "cuda":
                 row["verdict"] = "n/a on cpu"

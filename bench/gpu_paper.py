@@ -206,12 +206,14 @@ def _run_trials(device, sizes, slots, root, data_note, deadline, save) -> dict[s
     sel = selectors.DefaultSelector()
     running: dict[Any, dict[str, Any]] = {}
     t0 = time.time()
-    last_save = 0.0
 
     def start(spec: dict[str, Any]) -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--device", device.type, "--root", root,
                "--deadline", repr(deadline), "--spec", json.dumps(spec)]
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+        # stderr to a file: a pipe nobody reads until the end would block a worker that warns a lot
+        err = tempfile.TemporaryFile(mode="w+")
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=str(REPO))
+        p.err_file = err
         entry = {"trial": label(spec["arch"], spec["kind"], spec["level"]), "arch": spec["arch"], "kind": spec["kind"],
                  "level": spec["level"], "started_at_s": time.time() - t0, "history": [], "stop": None}
         out["trials"].append(entry)
@@ -223,8 +225,13 @@ def _run_trials(device, sizes, slots, root, data_note, deadline, save) -> dict[s
         sel.unregister(p.stdout)
         p.wait(30)
         entry["ended_at_s"] = time.time() - t0
-        if entry["stop"] is None:  # died without its DONE line
-            err = p.stderr.read()[-2000:] if p.stderr else ""
+        p.err_file.seek(0)
+        err = p.err_file.read()[-4000:]
+        p.err_file.close()
+        if entry.get("killed"):  # still in an epoch long past the deadline
+            entry["stop"] = "time cap"
+            entry["note"] = "ended by the section mid-epoch: its epoch would have ended long past the deadline"
+        elif entry["stop"] is None:  # died without its DONE line
             entry["stop"] = "error"
             entry["error"] = (err.strip().splitlines() or [f"exit code {p.returncode}"])[-1]
         if entry["history"] and "summary" not in entry:
@@ -232,6 +239,24 @@ def _run_trials(device, sizes, slots, root, data_note, deadline, save) -> dict[s
 
             entry["summary"] = summarize(entry["history"])
 
+    try:
+        _loop(out, queue, running, sel, slots, sizes, deadline, save, start, finish)
+    finally:  # stopped from outside (a signal, an error): no worker outlives the section
+        for p in list(running):
+            if p.poll() is None:
+                running[p]["killed"] = True
+                p.kill()
+            finish(p)
+    out["not_started"] = [label(s["arch"], s["kind"], s["level"]) for s in queue]
+    out["wall_seconds"] = time.time() - t0
+    images = sum(e.get("meta", {}).get("num_train", 0) * len(e["history"]) for e in out["trials"])
+    out["train_images"] = images
+    out["aggregate_train_images_per_s"] = images / out["wall_seconds"] if out["wall_seconds"] > 0 else None
+    return out
+
+
+def _loop(out, queue, running, sel, slots, sizes, deadline, save, start, finish) -> None:
+    last_save = 0.0
     while queue and len(running) < slots:
         start(queue.pop(0))
     while running:
@@ -253,16 +278,12 @@ def _run_trials(device, sizes, slots, root, data_note, deadline, save) -> dict[s
                 entry.update(json.loads(body))
         if time.time() > deadline + 60:  # a worker past its deadline by more than an epoch's grace: end it
             for p in list(running):
-                p.kill()
+                if not running[p].get("killed"):
+                    running[p]["killed"] = True
+                    p.kill()
         if time.time() - last_save > 5:
             last_save = time.time()
             save(out)
-    out["not_started"] = [label(s["arch"], s["kind"], s["level"]) for s in queue]
-    out["wall_seconds"] = time.time() - t0
-    images = sum(e.get("meta", {}).get("num_train", 0) * len(e["history"]) for e in out["trials"])
-    out["train_images"] = images
-    out["aggregate_train_images_per_s"] = images / out["wall_seconds"] if out["wall_seconds"] > 0 else None
-    return out
 
 
 def main(argv=None) -> int:
