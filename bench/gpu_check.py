@@ -680,6 +680,8 @@ def main(argv=None) -> int:
     ceiling = {p: check.result["ceiling"].get(f"{p}_flops_per_s") or float("nan") for p in ("fp32", "bf16")}
 
     def paper():
+        if device.type == "cuda":  # the defect checks' cached blocks back to the device for the workers
+            torch.cuda.empty_cache()
         deadline = time.time() + check.left() - (2 if args.smoke else 10)  # room to judge and write
         partial = lambda d: (check.result.__setitem__("paper", {**d, "partial": True}), check.save())  # noqa: E731
         return gpu_paper.paper_section(device, args.smoke, args.fashion_root, deadline, partial, args.paper_slots)
@@ -721,6 +723,8 @@ def paper_table(paper: dict[str, Any] | None) -> str:
                    f"{pct(ev.get('flipped_fraction'))} |")
     if paper.get("not_started"):
         out.append(f"not started (time): {', '.join(paper['not_started'])}")
+    if paper.get("stopped"):
+        out.append(f"stopped: {paper['stopped']}")
     return "\n".join(out)
 
 

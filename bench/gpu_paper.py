@@ -228,9 +228,12 @@ def _run_trials(device, sizes, slots, root, data_note, deadline, save) -> dict[s
         p.err_file.seek(0)
         err = p.err_file.read()[-4000:]
         p.err_file.close()
-        if entry.get("killed"):  # still in an epoch long past the deadline
+        if entry.get("killed") and entry["stop"] is None:  # still in an epoch long past the deadline
             entry["stop"] = "time cap"
             entry["note"] = "ended by the section mid-epoch: its epoch would have ended long past the deadline"
+        elif entry["stop"] is None and p.returncode in (-15, -9):  # ended with the run (timeout signals the group)
+            entry["stop"] = "time cap"
+            entry["note"] = f"ended by signal {-p.returncode} with the run"
         elif entry["stop"] is None:  # died without its DONE line
             entry["stop"] = "error"
             entry["error"] = (err.strip().splitlines() or [f"exit code {p.returncode}"])[-1]
@@ -241,7 +244,9 @@ def _run_trials(device, sizes, slots, root, data_note, deadline, save) -> dict[s
 
     try:
         _loop(out, queue, running, sel, slots, sizes, deadline, save, start, finish)
-    finally:  # stopped from outside (a signal, an error): no worker outlives the section
+    except Exception as e:  # noqa: BLE001 - stopped (a signal) or failed: keep what the trials measured
+        out["stopped"] = f"{type(e).__name__}: {e}"
+    finally:  # no worker outlives the section
         for p in list(running):
             if p.poll() is None:
                 running[p]["killed"] = True

@@ -210,6 +210,8 @@ def _gpu_head(gpu: dict, res) -> list[str]:
         lines.append(f"Ended by the run's time cap before fitting: {', '.join(cut)} (their last epoch is shown).")
     if paper.get("not_started"):
         lines.append(f"Not started (no time left): {', '.join(paper['not_started'])}.")
+    if paper.get("stopped"):
+        lines.append(f"The run was stopped during this section ({paper['stopped']}); the trials' last epochs are shown.")
     errors = [f"{t['trial']} ({t.get('error')})" for t in paper["trials"] if t.get("stop") == "error"]
     if errors:
         lines.append(f"Failed: {'; '.join(errors)}.")
