@@ -148,16 +148,20 @@ def gpu_files(given: list[str] | None) -> list[Path]:
     return [Path(f) for f in given] if given else sorted(REPO.glob(GPU_GLOB))
 
 
-def load_gpu(files: list[Path]) -> dict | None:
+def load_gpu(files: list[Path], explicit: bool = True) -> dict | None:
     """The GPU check's JSON files merged section by section (a later run's section replaces an earlier
-    one unless it was skipped or failed there); None when there is none with a paper section."""
+    one unless it was skipped or failed there); None when there is none with a paper section. Smoke
+    runs (tiny sizes on a CPU) are rendered only when named (``--gpu``), and then say so."""
     merged: dict = {}
     docs = []
     for f in files:
         try:
-            docs.append((f, json.loads(f.read_text())))
+            d = json.loads(f.read_text())
         except (OSError, ValueError) as e:
             raise SystemExit(f"fashion_mnist.py: cannot read the GPU check's JSON {str(f)!r}: {e}")
+        if d.get("mode") == "smoke" and not explicit:
+            continue
+        docs.append((f, d))
     for f, d in sorted(docs, key=lambda fd: (fd[1].get("env") or {}).get("date", "")):
         for k, v in d.items():
             bad = isinstance(v, dict) and ("skipped" in v or "error" in v)
@@ -166,6 +170,7 @@ def load_gpu(files: list[Path]) -> dict | None:
         if "paper" in d and not ("skipped" in d["paper"] or "error" in d["paper"]):
             merged["_paper_file"], merged["_paper_env"], merged["_paper_command"] = str(f), d.get("env", {}), d.get("command")
             merged["_paper_expectations"] = [r for r in d.get("expectations", []) if r["section"] == "paper"]
+            merged["_paper_mode"] = d.get("mode")
     paper = merged.get("paper")
     return merged if paper and paper.get("trials") else None
 
@@ -202,7 +207,9 @@ def _gpu_head(gpu: dict, res) -> list[str]:
     machine = (f"{env.get('gpu', env.get('device'))}, torch {env.get('torch')}"
                + (f", CUDA {env['cuda']}" if env.get("cuda") else "") + f", {env.get('cpu_count')} CPU cores")
     cut = [t["trial"] for t in paper["trials"] if t.get("stop") == "time cap"]
-    lines = [f"Conv-net rows: measured on {machine}, {env.get('date', '—')}, by `{gpu.get('_paper_command') or GPU_COMMAND}` "
+    smoke = "SMOKE RUN (a few images, a CPU: a test of the path, not results). " \
+        if gpu.get("_paper_mode") == "smoke" else ""
+    lines = [f"{smoke}Conv-net rows: measured on {machine}, {env.get('date', '—')}, by `{gpu.get('_paper_command') or GPU_COMMAND}` "
              f"(`{os.path.relpath(gpu['_paper_file'], REPO)}`): {paper.get('slots')} trials at once on the one GPU as "
              f"worker processes, each the product's trial (sweeps/fashion.py's config, rethink_dist.train.Trial), "
              f"{paper.get('wall_seconds', 0):.0f} s in all. Protocol: {protocol(res)}."]
@@ -333,7 +340,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     doc, figs = Path(args.doc), Path(args.figs)
     fig_rel = os.path.relpath(figs, doc.parent)
-    gpu = load_gpu(gpu_files(args.gpu))
+    gpu = load_gpu(gpu_files(args.gpu), explicit=bool(args.gpu))
     if args.gpu_only:
         from rethink_dist.files import atomic_path
 
