@@ -696,8 +696,9 @@ def main(argv=None) -> int:
     rows = gpu_expectations.judge(check.result, device.type, tuple(args.break_expectation))
     check.result["expectations"] = rows
     check.save()
-    print(paper_table(check.result.get("paper")))
-    print()
+    if "paper" in args.sections:
+        print(paper_table(check.result.get("paper")))
+        print()
     print(f"gpu_check: {check.result['env'].get('gpu', device)}, sections {','.join(args.sections)}, "
           f"{check.elapsed():.0f} s{', JSON in ' + args.out if args.out else ''}")
     print(gpu_expectations.table(rows))

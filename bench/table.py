@@ -127,7 +127,7 @@ def cost_block(gpu: dict[str, Any] | None) -> str:
     env = gpu.get("env", {})
     by_model, n_imagenet, imagenet_epochs = _plan()
     share = ((gpu.get("sharing") or {}).get("procs_4") or {}).get("speedup_vs_one")
-    lines = [COST_BEGIN, f"**Measured** on one {env.get('gpu', '?')} (torch {env.get('torch')}, {env.get('date')}; "
+    lines = [COST_BEGIN, f"**Measured** on one {env.get('gpu') or env.get('device')} (torch {env.get('torch')}, {env.get('date')}; "
              f"`{Path(gpu['_files']['archs']).name}`), bf16, one trial alone on the GPU: whole CIFAR-10-sized epochs "
              "(50,000 training images, then the evaluation of 50,000 + 10,000) of each model on random pixels held on "
              "the device (the GPU check's `archs`). GPU-seconds per trial epoch = the epoch's seconds divided by the "
@@ -146,12 +146,14 @@ def cost_block(gpu: dict[str, Any] | None) -> str:
             lines.append(f"| {model} | {len(epochs)} | {max(epochs)} | not measured | | |")
             continue
         m = measured[model]
-        alone = CIFAR_TRAIN / m["images_per_s"] + m["eval_seconds"]
+        # scaled to a CIFAR-10 epoch from the images the check's epoch had (50,000 + 10,000 on a GPU)
+        n_train, n_test = archs.get("n_train", CIFAR_TRAIN), archs.get("n_test", CIFAR_TRAIN // 5)
+        alone = CIFAR_TRAIN / m["images_per_s"] + m["eval_seconds"] * (CIFAR_TRAIN * 1.2) / (n_train + n_test)
         per = alone / (share if model.startswith("mlp") and share else 1.0)
         hours = per * sum(epochs) / 3600
         total_h += hours
         lines.append(f"| {model} | {len(epochs)} | {max(epochs)} | {alone:.2f} | {per:.2f} | {hours:.2f} |")
-    gpu_name = env.get("gpu", "GPU")
+    gpu_name = env.get("gpu") or env.get("device") or "GPU"
     lines.append(f"| **CIFAR-10, {total_n} trials** | | | | | **{total_h:.1f} {gpu_name} GPU-hours**"
                  f"{' (without ' + ', '.join(missing) + ')' if missing else ''} |")
     v3 = gpu.get("inception_v3") or {}
