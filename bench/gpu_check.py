@@ -692,6 +692,9 @@ def main(argv=None) -> int:
            "kernel": lambda: kernel_section(device, sizes), "inception_v3": lambda: inception_v3_section(device, sizes)}
     for name in args.sections:
         check.section(name, run[name])
+        # the verdicts so far, with each section: a run killed outright still has them in its JSON
+        check.result["expectations"] = gpu_expectations.judge(check.result, device.type, tuple(args.break_expectation))
+        check.save()
     check.result["total_seconds"] = check.elapsed()
     rows = gpu_expectations.judge(check.result, device.type, tuple(args.break_expectation))
     check.result["expectations"] = rows

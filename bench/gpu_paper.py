@@ -71,7 +71,7 @@ TRIALS_FULL = (
 )
 TRIALS_SMOKE = (("inception_small", "labels", 1.0), ("alexnet_small", "labels", 1.0), ("alexnet_small", "none", 0.0))
 FULL = {"trials": TRIALS_FULL, "slots": 6, "n_train": None, "n_test": None, "epochs": None, "min_start_s": 45.0}
-SMOKE = {"trials": TRIALS_SMOKE, "slots": 3, "n_train": 64, "n_test": 16, "epochs": 2, "min_start_s": 0.0}
+SMOKE = {"trials": TRIALS_SMOKE, "slots": 3, "n_train": 192, "n_test": 64, "epochs": 2, "min_start_s": 0.0}
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 
 

@@ -68,11 +68,11 @@ def test_gpu_check_smoke_writes_every_section_with_finite_numbers_and_its_verdic
     assert "partial" not in paper and len(paper["trials"]) == 3 and not paper["not_started"]
     for t in paper["trials"]:
         assert t["stop"] == "epoch cap" and len(t["history"]) == 2, t.get("error")  # smoke: 2 epochs, not fitted
-        assert t["meta"]["num_train"] == 64 and t["config"]["data.name"] == "fashion_mnist"
+        assert t["meta"]["num_train"] == 192 and t["config"]["data.name"] == "fashion_mnist"
         assert t["config"]["data.channels"] == 3 and t["config"]["stop.fit_threshold"] == 0.99
         assert t["config"]["optim.lr"] == (0.1 if t["arch"] == "inception_small" else 0.01)
         ev = t["eval_precision"]
-        assert 0 <= ev["flipped_fraction"] <= 1 and ev["train_acc_fp32_eval"] == t["summary"]["train_acc"]
+        assert 0 <= ev["flipped_fraction"] <= 1 and abs(ev["train_acc_fp32_eval"] - t["summary"]["train_acc"]) < 1e-6
     for arch in ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small"):
         for precision in ("fp32", "bf16"):
             row = d["archs"][arch][precision]
