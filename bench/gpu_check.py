@@ -1,38 +1,53 @@
-"""The GPU check: the project's own GPU code paths, measured in one short run (no Ray, MLflow or FFCV).
+"""The GPU check: the project's own GPU code paths, measured and judged in two short runs (no Ray,
+MLflow or FFCV: only torch, torchvision, numpy, numba).
 
-    python3 bench/gpu_check.py --out gpu_check.json            # on one H100/H200: about 6 minutes
-    python3 bench/gpu_check.py --smoke --out smoke.json         # tiny sizes on the CPU (the test suite runs it)
+On a GPU machine with torch, from the repository root (docs/speed.md gives the whole recipe):
 
-Sections, each measured with the package's own code (``Trial``, the models, the in-memory loader,
-the kernel solver), each written to the JSON as soon as it is done (a run cut short keeps what it
-measured; a section that fails records its error and the others still run):
+    mkdir -p .data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .data/fashion-mnist/
+    python3 bench/gpu_check.py --sections defects,paper --fashion-root .data/fashion-mnist \
+        --budget-s 300 --out OUT/gpu_check_1.json                   # about 5.5 minutes
+    python3 bench/gpu_check.py --sections archs,sharing,kernel,inception_v3 \
+        --budget-s 270 --out OUT/gpu_check_2.json                   # about 5 minutes
+    python3 bench/gpu_check.py --smoke --device cpu --out smoke.json  # tiny sizes on a CPU (the test suite)
 
-- ``ceiling``: a bf16 (and an fp32) matrix product on the device: the FLOP/s every other number
-  is compared with.
+Sections, in the order of their priority (the order they run in; ``--sections`` picks some),
+each measured with the package's own code (``Trial``, the models, the in-memory loader, the
+kernel solver), each written to the JSON as soon as it is done (a run cut short keeps what it
+measured; a section that fails records its error and the others still run); ``env`` and
+``ceiling`` (a bf16 and an fp32 matrix product: the FLOP/s every other number is compared with)
+run first in every run:
+
 - ``defects``: the GPU defects only a GPU can show (issue 18), each small: ``augment`` (the random
   crop's host-device synchronizations per epoch and step, counted by CUDA's sync debug mode),
   ``lrn_bf16`` (the small AlexNet's LRN under bf16 autocast against float64), ``channels_last``
-  (a batch from the channels-last cache against the old gather + copy, and a training step), ``determinism`` (two identical
-  runs of one epoch: bitwise equal weights?), ``profile`` (bench/train.py's profile on the device).
+  (a batch from the channels-last cache against the old gather + copy, and a training step),
+  ``determinism`` (two identical runs of one epoch: bitwise equal weights, or how far apart against
+  the epoch's own update), ``profile`` (bench/train.py's profile on the device).
+- ``paper``: the small AlexNet and the small Inception on Fashion-MNIST's 60,000 real training
+  images, true labels, random labels and pixel corruptions, each until it fits (99%) or its time
+  runs out, several trials at once on the GPU (bench/gpu_paper.py says how and why so); each
+  fitted trial's training predictions in bf16 against fp32 (``eval_precision``). Needs
+  ``--fashion-root`` (the four .gz files). Its rows become docs/results/fashion-mnist.md's conv-net
+  rows (docs/results/fashion_mnist.py).
 - ``archs``: MLP 1x512, MLP 3x512, small AlexNet, small Inception on 50,000 CIFAR-format images
   held on the device, fp32 and bf16: whole-epoch training images/s (the second epoch; the first
-  warms up cuDNN and the allocator; --smoke times the first), evaluation seconds (both splits), training FLOP/s (FLOPs
-  counted by torch's FlopCounterMode on one step) and their fraction of the ceiling measured in the
-  same precision (``of_ceiling``: an fp32 trial against the fp32 product, a bf16 trial against bf16).
+  warms up cuDNN and the allocator; --smoke times the first), evaluation seconds (both splits),
+  training FLOP/s (FLOPs counted by torch's FlopCounterMode on one step) and their fraction of the
+  ceiling measured in the same precision (``of_ceiling``). docs/cluster.md's measured cost of the
+  whole paper is computed from these (bench/table.py cost).
 - ``sharing``: 1, 2, 4, 8 processes, each a small trial (MLP 1x512 on 10,000 images) on the same
   GPU, as fractional ``resources.gpus`` places them: aggregate images/s against one alone.
-- ``inception_v3``: 299x299, batch 32/64/128, bf16 autocast, channels_last: training images/s
-  per GPU (the README cost estimate's assumption A3).
 - ``kernel``: the minimum-norm RBF solve at n = 50,000 (3,072 features, float32) on the device:
   seconds, peak GPU memory, train error; the linear kernel's SVD route (QR on CUDA) at the same n,
   checked against the plain SVD; the random-conv features (TF32 off) against float64 on the CPU.
-- ``phenomenon``: one MLP 1x512 trial fitting random labels on the CIFAR-format data until 99%
-  training accuracy (or the time left): steps and seconds to fit; then its training-set predictions
-  evaluated in bf16 and in fp32 (``eval_precision``: how many flip).
+- ``inception_v3``: 299x299, batch 32/64/128, bf16 autocast, channels_last: training images/s
+  per GPU (docs/cluster.md's assumption A3).
 
-Images are random uint8 pixels (CIFAR-10 cannot be fetched here; speed does not depend on the
-values). Prints the JSON at the end. ``--budget-s`` stops starting new measurements after that
-many seconds.
+Every section states what it expects (bench/gpu_expectations.py: the thresholds and why); the run
+ends with the table of verdicts, met / not met and the number, printed last and stored in the
+JSON (``expectations``). Images outside ``paper`` are random uint8 pixels in CIFAR-10's shape
+(speed does not depend on the values). ``--budget-s`` bounds the run: no section starts after it,
+the paper's trials stop by it, the archs skip what it does not leave room for.
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -50,15 +66,16 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 ARCHS = ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small")
-FULL = {"n_train": 50_000, "n_test": 10_000, "matmul": 8192, "share_procs": (1, 2, 4, 8), "share_train": 10_000,
-        "share_seconds": 12.0, "v3_batches": (32, 64, 128), "v3_size": 299, "v3_steps": 10, "kernel_n": 50_000,
-        "kernel_d": 3072, "fit_seconds": 90.0, "archs": ARCHS, "warmup_epochs": 1, "v3_warmup": 2,
+FULL = {"n_train": 50_000, "n_test": 10_000, "matmul": 8192, "share_procs": (1, 4, 8, 2), "share_train": 10_000,
+        "share_seconds": 8.0, "v3_batches": (32, 64, 128), "v3_size": 299, "v3_steps": 10, "kernel_n": 50_000,
+        "kernel_d": 3072, "archs": ARCHS, "warmup_epochs": 1, "v3_warmup": 2,
         "defect_n": 10_000, "profile_steps": 10, "svd_check_n": 4096, "conv_check_n": 256, "timing_reps": 20}
-SMOKE = {"n_train": 8, "n_test": 8, "matmul": 256, "share_procs": (1, 2), "share_train": 8,
+SMOKE = {"n_train": 8, "n_test": 8, "matmul": 256, "share_procs": (1, 4), "share_train": 8,
          "share_seconds": 1.0, "v3_batches": (2,), "v3_size": 75, "v3_steps": 1, "kernel_n": 300,
-         "kernel_d": 48, "fit_seconds": 10.0, "archs": ARCHS, "warmup_epochs": 0, "v3_warmup": 0,
+         "kernel_d": 48, "archs": ARCHS, "warmup_epochs": 0, "v3_warmup": 0,
          "defect_n": 16, "profile_steps": 2, "svd_check_n": 200, "conv_check_n": 8, "timing_reps": 2}
 
 
@@ -211,8 +228,9 @@ def env_section(device) -> dict[str, Any]:
 
 
 def ceiling_section(device, sizes) -> dict[str, Any]:
-    return {"matmul_n": sizes["matmul"], "bf16_flops_per_s": matmul_flops(device, sizes["matmul"], "bf16"),
-            "fp32_flops_per_s": matmul_flops(device, sizes["matmul"], "fp32")}
+    n = sizes["matmul"] if device.type == "cuda" else min(sizes["matmul"], 2048)  # a CPU: seconds, not minutes
+    return {"matmul_n": n, "bf16_flops_per_s": matmul_flops(device, n, "bf16"),
+            "fp32_flops_per_s": matmul_flops(device, n, "fp32")}
 
 
 def archs_section(device, sizes, ceiling: dict[str, float], check: Check) -> dict[str, Any]:
@@ -370,19 +388,24 @@ def channels_last_check(device, sizes) -> dict[str, Any]:
 def determinism_check(device, sizes) -> dict[str, Any]:
     """Item 8: two runs of the same trial (same seeds, same data) after one epoch: are the weights
     bitwise equal? On CUDA some backward kernels (pooling, cuDNN's choices) are not deterministic,
-    so a GPU resume is not bit-exact; the difference says how far apart they drift."""
+    so a GPU resume is not bit-exact; the difference says how far apart they drift, set against how
+    far the epoch moved the weights from their initial values (``epoch_update_max_abs``)."""
     import torch
 
     ds = cifar_like(sizes["defect_n"], 8, seed=6)
-    params = []
+    params, init = [], None
     for _ in range(2):
         trial = make_trial(ds, "alexnet_small", device, "auto")
+        if init is None:
+            init = torch.cat([p.detach().float().flatten() for p in trial.model.parameters()])
         trial.run_epoch()
         params.append(torch.cat([p.detach().float().flatten() for p in trial.model.parameters()]))
         del trial
     diff = float((params[0] - params[1]).abs().max())
+    update = float((params[0] - init).abs().max())
     return {"arch": "alexnet_small", "epochs": 1, "bitwise_equal": bool(torch.equal(params[0], params[1])),
-            "max_abs_weight_diff": diff, "weight_scale": float(params[0].abs().max())}
+            "max_abs_weight_diff": diff, "weight_scale": float(params[0].abs().max()),
+            "epoch_update_max_abs": update, "diff_over_update": diff / update if update > 0 else float("nan")}
 
 
 def profile_check(device, sizes) -> dict[str, Any]:
@@ -436,9 +459,14 @@ def _share_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def sharing_section(device, sizes, smoke: bool) -> dict[str, Any]:
+def sharing_section(device, sizes, smoke: bool, check: Check) -> dict[str, Any]:
+    """Process counts in the order of what they decide: 1 (the reference) and 4 (the sweeps' 0.25 GPU
+    per trial) first; a count is skipped when the budget leaves less than its timing and start-up."""
     out: dict[str, Any] = {"arch": "mlp_1x512", "n_train": sizes["share_train"], "seconds": sizes["share_seconds"]}
     for n in sizes["share_procs"]:
+        if n != sizes["share_procs"][0] and check.left() < sizes["share_seconds"] + 20:
+            out[f"procs_{n}"] = {"skipped": "time budget spent"}
+            continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--share-worker", "--device", device.type,
                "--share-seconds", str(sizes["share_seconds"])] + (["--smoke"] if smoke else [])
         env = {**os.environ, "OMP_NUM_THREADS": "1"} if device.type == "cpu" else dict(os.environ)
@@ -453,6 +481,11 @@ def sharing_section(device, sizes, smoke: bool) -> dict[str, Any]:
                 p.stdin.write("go\n")
                 p.stdin.flush()
             res = [json.loads(p.stdout.readline()) for p in procs]
+        except BaseException:  # stopped (a signal, a worker that did not start): end the workers now
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            raise
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -462,7 +495,8 @@ def sharing_section(device, sizes, smoke: bool) -> dict[str, Any]:
         out[f"procs_{n}"] = {"aggregate_images_per_s": total, "per_process_images_per_s": total / n}
     one = out[f"procs_{sizes['share_procs'][0]}"]["aggregate_images_per_s"]
     for n in sizes["share_procs"]:
-        out[f"procs_{n}"]["speedup_vs_one"] = out[f"procs_{n}"]["aggregate_images_per_s"] / one
+        if "aggregate_images_per_s" in out[f"procs_{n}"]:
+            out[f"procs_{n}"]["speedup_vs_one"] = out[f"procs_{n}"]["aggregate_images_per_s"] / one
     return out
 
 
@@ -502,7 +536,7 @@ def inception_v3_section(device, sizes) -> dict[str, Any]:
             loss = step()
         _sync(device)
         seconds = time.perf_counter() - t
-        out[f"batch_{batch}"] = {"images_per_s": batch * sizes["v3_steps"] / seconds, "loss": float(loss),
+        out[f"batch_{batch}"] = {"images_per_s": batch * sizes["v3_steps"] / seconds, "loss": float(loss.detach()),
                                  "aux_logits": side >= 299}
         del model, opt
         if device.type == "cuda":
@@ -575,53 +609,46 @@ def random_conv_check(device, sizes) -> dict[str, Any]:
     return {"n": len(imgs), "filters": 64, "max_rel_diff_vs_cpu_fp64": float((ours - ref).abs().max() / ref.abs().max())}
 
 
-def phenomenon_section(device, sizes, check: Check) -> dict[str, Any]:
-    trial = make_trial(cifar_like(sizes["n_train"], sizes["n_test"], seed=1), "mlp_1x512", device, "auto",
-                       corruption={"kind": "labels", "level": 1.0}, fit=True)
-    limit = min(sizes["fit_seconds"], max(1.0, check.left()))
-    t = time.perf_counter()
-    while not trial.done and time.perf_counter() - t < limit:
-        trial.run_epoch()
-    s = trial.summary()
-    out = {"arch": "mlp_1x512", "corruption": "random labels", "n_train": sizes["n_train"], "fitted": s["fitted"],
-           "steps_to_fit": s["steps_to_fit"], "epochs": s["epochs"], "train_acc": s["train_acc"],
-           "test_acc": s["test_acc"], "seconds": time.perf_counter() - t, "precision": "bf16" if trial.bf16 else "fp32"}
-    out["eval_precision"] = eval_precision_check(trial)
-    return out
-
-
-def eval_precision_check(trial) -> dict[str, Any]:
-    """Item 7: the fitted trial's training-set predictions with the evaluation in bf16 (as the loop
-    runs it under bf16) and in fp32: how many flip, and the two accuracies."""
-    import torch
-
-    was = trial.bf16
-    preds = {}
-    try:
-        with torch.inference_mode():
-            trial.model.eval()
-            for name, bf16 in (("bf16", True), ("fp32", False)):
-                trial.bf16 = bf16
-                preds[name] = trial._correct(trial.loader.eval_batches("train"), topk=1)
-    finally:
-        trial.bf16 = was
-    return {"train_acc_bf16_eval": float(preds["bf16"].float().mean()),
-            "train_acc_fp32_eval": float(preds["fp32"].float().mean()),
-            "flipped_fraction": float((preds["bf16"] != preds["fp32"]).float().mean())}
-
-
 # ------------------------------------------------------------------------------------ main
+class Stopped(Exception):
+    """The run was told to stop (SIGTERM): the section in progress ends, the rest are skipped."""
+
+
+SECTIONS = ("defects", "paper", "archs", "sharing", "kernel", "inception_v3")  # in the order of their priority
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="The project's GPU paths, measured in one run.")
+    p = argparse.ArgumentParser(description="The project's GPU paths, measured and judged in one run.")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds on a CPU)")
     p.add_argument("--out", help="write the JSON here (kept up to date section by section)")
     p.add_argument("--device", default="auto", help="auto (default: cuda if present) | cuda | cpu")
-    p.add_argument("--budget-s", type=float, default=420.0, help="start no new measurement after this (default 420)")
+    p.add_argument("--budget-s", type=float, default=300.0,
+                   help="no section starts after this many seconds, and the paper's trials stop by then (default 300)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated, run in this priority order whatever order is given: {','.join(SECTIONS)} "
+                        "(default: all)")
+    p.add_argument("--fashion-root", default="/usr/share/datasets/fashion-mnist",
+                   help="folder with Fashion-MNIST's four IDX .gz files (the paper section; default: Debian's)")
+    p.add_argument("--paper-slots", type=int, default=None, help="paper trials at once (default 6; smoke 3)")
+    p.add_argument("--break-expectation", action="append", default=[], metavar="NAME",
+                   help="give expectation NAME a threshold nothing can meet (tests that 'not met' is reported)")
     p.add_argument("--share-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--share-seconds", type=float, default=FULL["share_seconds"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not (args.budget_s > 0 and math.isfinite(args.budget_s)):
         p.error(f"--budget-s {args.budget_s} is not valid; valid: a number of seconds > 0")
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in SECTIONS]
+    if bad or not chosen:
+        p.error(f"--sections {args.sections!r}: unknown section {bad[0] if bad else '(none given)'!r}; "
+                f"valid: {', '.join(SECTIONS)}")
+    args.sections = [s for s in SECTIONS if s in chosen]
+    import gpu_expectations
+
+    names = [e.name for e in gpu_expectations.EXPECTATIONS]
+    for name in args.break_expectation:
+        if name not in names:
+            p.error(f"--break-expectation {name!r}: no such expectation; valid: {', '.join(names)}")
     return args
 
 
@@ -631,25 +658,78 @@ def main(argv=None) -> int:
         return _share_worker(args)
     import torch
 
+    import gpu_expectations
+    import gpu_paper
+
     device = _device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     sizes = SMOKE if args.smoke else FULL
     check = Check(Path(args.out) if args.out else None, args.budget_s)
+
+    def on_term(signum, frame):  # `timeout` or a scheduler ends the run: judge and write what was measured
+        check.budget_s = 0.0
+        raise Stopped(f"stopped by signal {signum} at {check.elapsed():.0f} s")
+
+    signal.signal(signal.SIGTERM, on_term)
     check.result["mode"] = "smoke" if args.smoke else "full"
+    check.result["sections_asked"] = args.sections
+    check.result["command"] = "python3 bench/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
     check.section("env", lambda: env_section(device))
     check.section("ceiling", lambda: ceiling_section(device, sizes))
     ceiling = {p: check.result["ceiling"].get(f"{p}_flops_per_s") or float("nan") for p in ("fp32", "bf16")}
-    check.section("defects", lambda: defects_section(device, sizes, check))
-    check.section("archs", lambda: archs_section(device, sizes, ceiling, check))
-    check.section("sharing", lambda: sharing_section(device, sizes, args.smoke))
-    check.section("inception_v3", lambda: inception_v3_section(device, sizes))
-    check.section("kernel", lambda: kernel_section(device, sizes))
-    check.section("phenomenon", lambda: phenomenon_section(device, sizes, check))
+
+    def paper():
+        if device.type == "cuda":  # the defect checks' cached blocks back to the device for the workers
+            torch.cuda.empty_cache()
+        deadline = time.time() + check.left() - (2 if args.smoke else 10)  # room to judge and write
+        partial = lambda d: (check.result.__setitem__("paper", {**d, "partial": True}), check.save())  # noqa: E731
+        return gpu_paper.paper_section(device, args.smoke, args.fashion_root, deadline, partial, args.paper_slots)
+
+    run = {"defects": lambda: defects_section(device, sizes, check), "paper": paper,
+           "archs": lambda: archs_section(device, sizes, ceiling, check),
+           "sharing": lambda: sharing_section(device, sizes, args.smoke, check),
+           "kernel": lambda: kernel_section(device, sizes), "inception_v3": lambda: inception_v3_section(device, sizes)}
+    for name in args.sections:
+        check.section(name, run[name])
+        # the verdicts so far, with each section: a run killed outright still has them in its JSON
+        check.result["expectations"] = gpu_expectations.judge(check.result, device.type, tuple(args.break_expectation))
+        check.save()
     check.result["total_seconds"] = check.elapsed()
+    rows = gpu_expectations.judge(check.result, device.type, tuple(args.break_expectation))
+    check.result["expectations"] = rows
     check.save()
-    print(json.dumps(_finite(check.result), indent=1))
+    if "paper" in args.sections:
+        print(paper_table(check.result.get("paper")))
+        print()
+    print(f"gpu_check: {check.result['env'].get('gpu', device)}, sections {','.join(args.sections)}, "
+          f"{check.elapsed():.0f} s{', JSON in ' + args.out if args.out else ''}")
+    print(gpu_expectations.table(rows))
     return 0
+
+
+def paper_table(paper: dict[str, Any] | None) -> str:
+    """The paper section's trials in one table (printed before the verdicts)."""
+    if not paper or "trials" not in paper:
+        return "paper: " + (json.dumps({k: v for k, v in paper.items() if k != "trials"}) if paper else "not run")
+    out = [f"paper: {paper.get('data')}, {paper.get('slots')} at once, {paper.get('wall_seconds', 0):.0f} s",
+           "| trial | stop | epochs | steps to fit | train % | test % | s/epoch (last) | flips bf16/fp32 |",
+           "|---|---|---|---|---|---|---|---|"]
+    for e in paper["trials"]:
+        s, h = e.get("summary") or {}, e.get("history") or []
+        last = h[-1] if h else {}
+        ev = e.get("eval_precision") or {}
+        pct = lambda v: "—" if v is None else f"{100 * v:.2f}"  # noqa: E731
+        sec = last.get("train_seconds", 0) + last.get("eval_seconds", 0) if last else None
+        out.append(f"| {e['trial']} | {e.get('stop')}{' (' + e['error'] + ')' if e.get('error') else ''} | "
+                   f"{s.get('epochs', 0)} | {s.get('steps_to_fit') or '—'} | {pct(s.get('train_acc'))} | "
+                   f"{pct(s.get('test_acc'))} | {'—' if sec is None else f'{sec:.1f}'} | "
+                   f"{pct(ev.get('flipped_fraction'))} |")
+    if paper.get("not_started"):
+        out.append(f"not started (time): {', '.join(paper['not_started'])}")
+    if paper.get("stopped"):
+        out.append(f"stopped: {paper['stopped']}")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@ reads what these commands wrote (run them first, in this order, on one machine):
     bash docs/results/fashion_mnist_kernel.sh                                  # the n = 60,000 kernel solves
     bash docs/results/fashion_mnist_paper_schedule.sh                          # the paper's own schedule
 
+The conv-net rows (small AlexNet, small Inception) come from the GPU check's paper section
+(``bench/gpu_check.py --sections defects,paper``; docs/speed.md gives the command), read from its
+JSON (``--gpu FILE``, default: every ``bench/results/gpu-check-*.json``); until one exists the doc says
+so in one line where those rows go. ``--gpu-only`` rewrites only those blocks of the existing doc,
+for when the sweep's results are not on this machine:
+
+    .venv/bin/python docs/results/fashion_mnist.py --gpu-only
+
 The sweep's report (``rethink-dist report``) is built into results/fashion-mnist/report and its
 figures copied beside this file; the paper's CIFAR-10 numbers come from rethink_dist.report.paper,
 the data set's published MLP reference from the Debian package's own README.
@@ -124,6 +132,200 @@ def protocol(results) -> str:
             f"{'on' if r['aug'].any() else 'off'}")
 
 
+# ---------------------------------------------------------------------------------- the GPU rows
+GPU_GLOB = "bench/results/gpu-check-*.json"
+BLOCKS = {  # name -> (begin marker, end marker, the heading the block goes before when the doc has none)
+    "table1": ("<!-- gpu-rows:table1 (generated from the GPU check's JSON) -->", "<!-- /gpu-rows:table1 -->",
+               "## Figures 1a–1c"),
+    "figure1": ("<!-- gpu-rows:figure1 (generated from the GPU check's JSON) -->", "<!-- /gpu-rows:figure1 -->",
+                "## The acceptance checks, computed"),
+}
+GPU_COMMAND = ("python3 bench/gpu_check.py --sections defects,paper --fashion-root .data/fashion-mnist "
+               "--budget-s 300 --out OUT/gpu_check_1.json")
+
+
+def gpu_files(given: list[str] | None) -> list[Path]:
+    return [Path(f) for f in given] if given else sorted(REPO.glob(GPU_GLOB))
+
+
+def load_gpu(files: list[Path], explicit: bool = True) -> dict | None:
+    """The GPU check's JSON files merged section by section (a later run's section replaces an earlier
+    one unless it was skipped or failed there); None when there is none with a paper section. Smoke
+    runs (tiny sizes on a CPU) are rendered only when named (``--gpu``), and then say so."""
+    merged: dict = {}
+    docs = []
+    for f in files:
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"fashion_mnist.py: cannot read the GPU check's JSON {str(f)!r}: {e}")
+        if d.get("mode") == "smoke" and not explicit:
+            continue
+        docs.append((f, d))
+    for f, d in sorted(docs, key=lambda fd: (fd[1].get("env") or {}).get("date", "")):
+        for k, v in d.items():
+            bad = isinstance(v, dict) and ("skipped" in v or "error" in v)
+            if not bad or k not in merged:
+                merged[k] = v
+        if "paper" in d and not ("skipped" in d["paper"] or "error" in d["paper"]):
+            merged["_paper_file"], merged["_paper_env"], merged["_paper_command"] = str(f), d.get("env", {}), d.get("command")
+            merged["_paper_expectations"] = [r for r in d.get("expectations", []) if r["section"] == "paper"]
+            merged["_paper_mode"] = d.get("mode")
+    paper = merged.get("paper")
+    return merged if paper and paper.get("trials") else None
+
+
+def gpu_results(paper: dict):
+    """The paper section's trials as a Results of the report (the rows of docs/results-format.md)."""
+    import pandas as pd
+
+    from rethink_dist.report.load import Results, _derive
+
+    rows = []
+    for i, t in enumerate(paper["trials"]):
+        cfg = {k: v for k, v in (t.get("config") or {}).items() if not isinstance(v, (dict, list))}
+        for h in t.get("history") or []:
+            rows.append({**cfg, **h, "trial_id": f"gpu-{i:02d}", "sweep": "gpu-paper", "run_name": t["trial"],
+                         "kind": "network", "finished": True, "ended_by": t.get("stop")})
+    return Results("gpu-paper", "the GPU check's JSON", _derive(pd.DataFrame(rows), "the GPU check's JSON"))
+
+
+def conv_reference() -> str:
+    """The README's conv nets without preprocessing: their range of test accuracy."""
+    if not DEBIAN_README.is_file():
+        return "—"
+    vals = []
+    for line in gzip.open(DEBIAN_README, "rt", encoding="utf-8"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and "Conv" in cells[0] and cells[1] == "None" and re.fullmatch(r"0\.\d+", cells[2]):
+            vals.append(float(cells[2]))
+    return f"{len(vals)} small conv nets, no preprocessing: {100 * min(vals):.1f}–{100 * max(vals):.1f}" if vals else "—"
+
+
+def _gpu_head(gpu: dict, res) -> list[str]:
+    env, paper = gpu["_paper_env"], gpu["paper"]
+    machine = (f"{env.get('gpu', env.get('device'))}, torch {env.get('torch')}"
+               + (f", CUDA {env['cuda']}" if env.get("cuda") else "") + f", {env.get('cpu_count')} CPU cores")
+    cut = [t["trial"] for t in paper["trials"] if t.get("stop") == "time cap"]
+    smoke = "SMOKE RUN (a few images, a CPU: a test of the path, not results). " \
+        if gpu.get("_paper_mode") == "smoke" else ""
+    lines = [f"{smoke}Conv-net rows: measured on {machine}, {env.get('date', '—')}, by `{gpu.get('_paper_command') or GPU_COMMAND}` "
+             f"(`{os.path.relpath(gpu['_paper_file'], REPO)}`): {paper.get('slots')} trials at once on the one GPU as "
+             f"worker processes, each the product's trial (sweeps/fashion.py's config, rethink_dist.train.Trial), "
+             f"{paper.get('wall_seconds', 0):.0f} s in all. Protocol: {protocol(res)}."]
+    if cut:
+        lines.append(f"Ended by the run's time cap before fitting: {', '.join(cut)} (their last epoch is shown).")
+    if paper.get("not_started"):
+        lines.append(f"Not started (no time left): {', '.join(paper['not_started'])}.")
+    if paper.get("stopped"):
+        lines.append(f"The run was stopped during this section ({paper['stopped']}); the trials' last epochs are shown.")
+    errors = [f"{t['trial']} ({t.get('error')})" for t in paper["trials"] if t.get("stop") == "error"]
+    if errors:
+        lines.append(f"Failed: {'; '.join(errors)}.")
+    return lines
+
+
+def gpu_table1(gpu: dict | None) -> list[str]:
+    if gpu is None:
+        return [f"Conv-net rows (small AlexNet, small Inception): no GPU run yet; `{GPU_COMMAND}` measures them "
+                "(docs/speed.md) and this script renders them from its JSON (`bench/results/gpu-check-*.json`)."]
+    from rethink_dist.report.paper import TABLE1
+
+    paper = {(p.arch, p.weight_decay, p.random_labels): p for p in TABLE1 if not p.random_crop}
+    res = gpu_results(gpu["paper"])
+    finals = res.finals()
+    L = _gpu_head(gpu, res) + [""]
+    L.append("| model | weight decay | labels | epochs | train % | test % | paper CIFAR-10 train % | paper CIFAR-10 "
+             "test % | Fashion-MNIST reference test % | ended by |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    t1 = finals[finals["corruption"].isin(["true labels", "random labels"]) & ~finals["aug"]]
+    ref = conv_reference()
+    for _, r in t1.sort_values(["arch", "corruption"], ascending=[True, False]).iterrows():
+        rl = r["corruption"] == "random labels"
+        p = paper.get((r["arch"], bool(r["wd"]), rl))
+        L.append(f"| {r['arch']} | {'yes' if r['wd'] else 'no'} | {'random' if rl else 'true'} | {int(r['epoch'])} | "
+                 f"{pct(r['train_acc'])} | {pct(r['test_acc'])} | {p.train if p else '—'} | {p.test if p else '—'} | "
+                 f"{'—' if rl else ref} | {r['ended_by']} |")
+    return L
+
+
+def gpu_figure1(gpu: dict | None, figs: Path, fig_rel: str, sweep_rows=None) -> list[str]:
+    if gpu is None:
+        return ["Conv-net rows and figures (small AlexNet, small Inception): no GPU run yet; the GPU check's "
+                "paper section measures them (docs/speed.md) and this script renders them from its JSON."]
+    import pandas as pd
+
+    from rethink_dist.report.figures import fig1a, fig1b, fig1c
+    from rethink_dist.report.load import Results
+    from rethink_dist.report.paper import TABLE1
+
+    paper = {(p.arch, p.random_labels): p for p in TABLE1 if not p.random_crop and not p.weight_decay}
+    res = gpu_results(gpu["paper"])
+    finals = res.finals()
+    L = ["Conv-net rows, on the GPU (the run above): every corruption it ran, stopped once fitted (99%) or at the "
+         "run's time cap (— steps to fit).", ""]
+    L.append("| model | corruption | epochs | steps to fit | relative time to fit | train % | test % | test error | "
+             "paper CIFAR-10 test % | ended by |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    order = {"true labels": 0, "random labels": 1, "shuffled pixels": 2, "random pixels": 3, "gaussian": 4}
+    finals = finals.assign(order=[order.get(c, 1.5) for c in finals["corruption"]])
+    for arch, g in finals.sort_values(["arch", "order"]).groupby("arch", sort=False):
+        ref = g.loc[g["corruption"] == "true labels", "steps_to_fit"]
+        ref = float(ref.iloc[0]) if len(ref) and not math.isnan(ref.iloc[0]) else None
+        for _, r in g.iterrows():
+            rel = r["steps_to_fit"] / ref if ref and not math.isnan(r["steps_to_fit"]) else None
+            p = paper.get((arch, r["corruption"] == "random labels")) if r["corruption"] in order and \
+                r["corruption"] in ("true labels", "random labels") else None
+            L.append(f"| {arch} | {r['corruption']} | {int(r['epoch'])} | {num(r['steps_to_fit'])} | "
+                     f"{num(rel, '{:.2f}')} | {pct(r['train_acc'])} | {pct(r['test_acc'])} | {pct(1 - r['test_acc'])} | "
+                     f"{p.test if p else '—'} | {r['ended_by']} |")
+    L.append("")
+    rows = res.rows if sweep_rows is None else pd.concat([sweep_rows, res.rows], ignore_index=True)
+    both = Results("fashion+gpu", "the sweep and the GPU check", rows)
+    drawn = "the GPU run's conv nets" + (" beside the sweep's MLPs" if sweep_rows is not None else
+                                         " (the MLP sweep's results were not on the machine that drew them)")
+    figs.mkdir(parents=True, exist_ok=True)
+    for build, title in ((fig1a, "Figure 1a: training loss"), (fig1b, "Figure 1b: time to fit"),
+                         (fig1c, "Figure 1c: test error")):
+        f = build(both, "fashion_mnist")
+        name = f"{f.id.split('-')[0]}-gpu.png"
+        if f.png:
+            (figs / name).write_bytes(f.png)
+            L += [f"![{title}, {drawn}]({fig_rel}/{name})", ""]
+        else:
+            L += [f"({title}: {f.missing})", ""]
+    verdicts = gpu.get("_paper_expectations") or []
+    if verdicts:
+        L.append("The GPU check's expectations of this section (bench/gpu_expectations.py argues each threshold):")
+        L.append("")
+        for v in verdicts:
+            val = "—" if v["value"] is None else f"{v['value']:.4g}"
+            L.append(f"- {'**not met**' if v['verdict'] == 'not met' else v['verdict']}: {v['expects']}: {val} "
+                     f"({v['op']} {v['threshold']:g})")
+    return L
+
+
+def block(name: str, lines: list[str]) -> list[str]:
+    begin, end, _ = BLOCKS[name]
+    return [begin, *lines, end]
+
+
+def replace_blocks(text: str, blocks: dict[str, list[str]]) -> str:
+    """The doc with each named block replaced (inserted before its heading when the doc has none)."""
+    for name, lines in blocks.items():
+        begin, end, before = BLOCKS[name]
+        body = "\n".join(block(name, lines))
+        if begin in text and end in text:
+            a, b = text.index(begin), text.index(end) + len(end)
+            text = text[:a] + body + text[b:]
+        elif before in text:
+            a = text.index(before)
+            text = text[:a] + body + "\n\n" + text[a:]
+        else:
+            raise SystemExit(f"fashion_mnist.py: the doc has neither the {name} block nor the heading {before!r}")
+    return text
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", default=str(REPO / "results/fashion-mnist/fashion"))
@@ -132,9 +334,22 @@ def main(argv=None) -> int:
     ap.add_argument("--remark", default="", help="a sentence on how the runs went (no numbers: those come from the data)")
     ap.add_argument("--doc", default=str(DOC), help="the markdown file to write")
     ap.add_argument("--figs", default=str(FIGS), help="the folder for its figures (beside the doc)")
+    ap.add_argument("--gpu", action="append", help=f"the GPU check's JSON (repeatable; default: {GPU_GLOB})")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="rewrite only the conv-net (GPU) blocks of the existing doc; the sweep is not read")
     args = ap.parse_args(argv)
     doc, figs = Path(args.doc), Path(args.figs)
     fig_rel = os.path.relpath(figs, doc.parent)
+    gpu = load_gpu(gpu_files(args.gpu), explicit=bool(args.gpu))
+    if args.gpu_only:
+        from rethink_dist.files import atomic_path
+
+        text = doc.read_text()
+        new = replace_blocks(text, {"table1": gpu_table1(gpu), "figure1": gpu_figure1(gpu, figs, fig_rel)})
+        with atomic_path(doc) as tmp:
+            tmp.write_text(new)
+        print(f"wrote the GPU blocks of {doc}", file=sys.stderr)
+        return 0
 
     from rethink_dist.report.load import load_folder
     from rethink_dist.report.paper import TABLE1
@@ -201,6 +416,10 @@ def main(argv=None) -> int:
           f"{pct(r['train_acc'])} | {pct(r['test_acc'])} | {p.train if p else '—'} | {p.test if p else '—'} | {ref} |")
     w("")
 
+    for line in block("table1", gpu_table1(gpu)):
+        w(line)
+    w("")
+
     # ------------------------------------------------------------------ Figure 1 table
     w("## Figures 1a–1c: every corruption, stopped once fitted")
     w("")
@@ -234,6 +453,10 @@ def main(argv=None) -> int:
         if (figs / f"{name}.png").exists():
             w(f"![{title}]({fig_rel}/{name}.png)")
             w("")
+
+    for line in block("figure1", gpu_figure1(gpu, figs, fig_rel, results.rows)):
+        w(line)
+    w("")
 
     # ------------------------------------------------------------------ checks
     w("## The acceptance checks, computed")
