@@ -121,7 +121,7 @@ class _Quiet:
 
 
 QUIET_LOGGERS = ("ray.tune.analysis.experiment_analysis", "ray.tune.tune", "ray.tune.execution.tune_controller",
-                 "mlflow.store.db.utils")
+                 "ray.tune.execution.experiment_state", "mlflow.store.db.utils")
 
 
 @contextlib.contextmanager
@@ -299,12 +299,16 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     )
     status = "FINISHED"
     errors = unfinished = 0
+    quiet = contextlib.ExitStack()  # until the last write: the final flushes can meet a full disk too
+    quiet.enter_context(_quiet_logs())
     try:
         # On --resume, Tune unpickles the callback it saved: inside live() that copy is this writer.
-        with job_dir, table.live(), writer.live(), _quiet_logs():
+        with job_dir, table.live(), writer.live():
             todo, tuner = list(sweep.trials), None
             if resume:
                 print(resume_line(sweep, table, tune_dir), file=sys.stderr, flush=True)
+            if resume and not rebuild:
+                rebuild = _tune_state_problem(tune_dir) or False
             if resume and not rebuild:
                 try:
                     tuner = tune.Tuner.restore(tune_dir, fn, resume_unfinished=True, resume_errored=True)
@@ -325,19 +329,30 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
             # The first Ctrl-C, SIGTERM or SIGHUP stops Tune as its own SIGUSR1 does: no new trials, the
             # results already reported land, fit() returns with some trials unfinished. A second one
             # raises KeyboardInterrupt (rethink_dist/stopping.py).
-            with _tune_signals():
-                grid = tuner.fit()
+            try:
+                with _tune_signals():
+                    grid = tuner.fit()
+            except Exception as e:
+                # Tune reads back what it wrote (a trial's error file, its state); on a storage that
+                # refused writes that can fail too: the sweep stops, the project's records are kept.
+                if writer.storage_full is None and not storage_error(e):
+                    raise
+                writer.stop_for_storage(f"Tune could not read back its files ({type(e).__name__}: {e})")
+                grid = None
             writer.retry_mlflow_now()  # back-fill what an MLflow outage left out
-            for result in grid:
+            for result in grid or []:
                 tid = ((result.config or {}).get("spec") or {}).get("trial_id")
                 failed = result.error is not None or bool((result.metrics or {}).get("diverged"))
+                if failed and writer.storage_full and storage_error(str(result.error)):
+                    failed = False  # stopped by the full storage, not by a fault of its own: --resume continues it
                 done = not failed and bool((result.metrics or {}).get("done_training"))
                 errors += failed
                 unfinished += not failed and not done
                 writer.reconcile(tid, result.checkpoint, finished=done,
                                  status="FINISHED" if done else "FAILED" if failed else "KILLED")
             # Trials an interrupted Tune never started have no result at all: unfinished too.
-            unfinished += max(0, len(todo) - len(grid))
+            unfinished += max(0, len(todo) - len(grid)) if grid is not None else \
+                sum(not _finished(table, s.trial_id) for s in todo)  # no result grid: by the Parquet table
         status = "FAILED" if errors else "KILLED" if unfinished else "FINISHED"
     except BaseException:
         status = "KILLED"
@@ -349,6 +364,7 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
             writer._mlflow("ending the sweep's run", finish_run, tracking_uri, parent, status)
         finally:
             lease.release()  # last: after the final writes
+            quiet.close()
     summary = [rows[-1] for rows in (table.trial_rows(s.trial_id) for s in sweep.trials) if rows]
     return {"results_dir": str(folder), "parquet": str(folder / "trials.parquet"), "tracking_uri": tracking_uri,
             "experiment": sweep.name, "experiment_id": experiment_id, "summary": summary, "errors": errors,
@@ -368,6 +384,24 @@ def resume_line(sweep: Sweep, table: ResultsTable, tune_dir: str) -> str:
     left = len(sweep.trials) - done - begun
     return (f"resume: {done} of {len(sweep.trials)} trials finished, {begun} go on from their last checkpoint, "
             f"{left} not started yet")
+
+
+def _tune_state_problem(tune_dir: str) -> str | None:
+    """Why Tune's saved experiment state cannot be trusted (a cut-short file), or None. Tune itself
+    may restore such a state without a word and fail later, trial by trial (KeyError 'spec')."""
+    if "://" in tune_dir:
+        return None  # a bucket: Tune's own restore decides
+    states = sorted(Path(tune_dir).glob("experiment_state-*.json"))
+    if not states:
+        return "no experiment_state file"
+    try:
+        data = json.loads(states[-1].read_text())
+        for entry in data["trial_data"]:
+            if "spec" not in json.loads(entry[0])["config"]:
+                return f"{states[-1].name}: a trial without its spec"
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"{states[-1].name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
 
 
 def _checkpoints_newest_first(trial_dir: Path) -> list[str]:
@@ -609,8 +643,12 @@ class ResultsWriter:
             error = str(trial.get_error() or "")
         except Exception:  # the error file may be unreadable; the tag says so
             error = "(the trial's error text could not be read)"
+        if not error.strip():  # kept in the storage, which may be the thing that fails: Tune's local copy
+            with contextlib.suppress(Exception):
+                error = Path(trial.error_file).read_text()
         if storage_error(error):
-            self.stop_for_storage(f"trial {tid} could not write its checkpoint "
+            where = f" to {str(self.watch.folders[-1])!r}" if self.watch is not None else ""
+            self.stop_for_storage(f"trial {tid} could not write its checkpoint{where} "
                                   f"({next(w for w in STORAGE_WORDS if w in error)})")
         self._mlflow("tagging a failed trial", self._tag_error, tid, error[-4000:] or "unknown error")
         if final:
@@ -676,6 +714,9 @@ class ResultsWriter:
         row.update(self.flats[tid])
         return row
 
+    def on_step_end(self, iteration, trials, **info):
+        self._check_storage()  # every turn of Tune's loop (at most every WATCH_SECONDS)
+
     def on_experiment_end(self, trials, **info):
         if self.table is not None:
             self._table_write(self.table.flush)
@@ -699,6 +740,9 @@ class ResultsWriter:
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 writer.on_trial_error(iteration, trials, trial, **info)
+
+            def on_step_end(self, iteration, trials, **info):
+                writer.on_step_end(iteration, trials, **info)
 
             def on_experiment_end(self, trials, **info):
                 writer.on_experiment_end(trials, **info)

@@ -1,0 +1,168 @@
+"""Storage that refuses writes, for real: small tmpfs file systems (CI runs as root), a file system
+turned read-only mid-run, and a file-size limit (RLIMIT_FSIZE).
+
+- A sweep whose storage clearly cannot hold it is refused before anything is written (exit 2).
+- A storage that fills, or turns read-only, while the sweep runs stops it once, gracefully, with one
+  line (exit 1); once there is room, `--resume` finishes it with every epoch exactly once, even when
+  Tune's own experiment state was left unreadable.
+- `rethink-dist train --json` whose write fails after training says so in one line naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+CLI = [sys.executable, "-m", "rethink_dist.cli"]
+EPOCHS = 40
+SWEEP = f"""
+NAME = "space"
+
+def trials(data_root=None):
+    return [{{"model": {{"name": "mlp_1x512"}}, "corruption": {{"kind": "labels", "level": level}},
+             "optim": {{"epochs": {EPOCHS}}}}} for level in (0.0, 1.0)]
+"""
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount small tmpfs file systems under tmp_path (unmounted at the end); CI runs as root."""
+    mounted = []
+
+    def mount(name: str, size: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True,
+                           text=True)
+        assert p.returncode == 0, f"these tests mount a tmpfs (as root, as CI runs): {p.stderr.strip()}"
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def _fill(point: Path, leave_bytes: int) -> Path:
+    free = shutil.disk_usage(point).free
+    filler = point / "filler"
+    with open(filler, "wb") as f:
+        f.truncate(0)
+        os.posix_fallocate(f.fileno(), 0, max(0, free - leave_bytes))
+    return filler
+
+
+def _wait(pred, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := pred():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _rows(parquet: Path) -> int:
+    try:
+        return len(pd.read_parquet(parquet))
+    except (OSError, ValueError):
+        return 0
+
+
+def _every_epoch_once(store: Path, tracking_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    table = pd.read_parquet(store / "space" / "trials.parquet")
+    assert not table.duplicated(["trial_id", "epoch"]).any() and table["trial_id"].nunique() == 2
+    assert table.groupby("trial_id")["finished"].any().all()
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("space")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("rethink.role") == "trial"]
+    assert len(runs) == 2
+    for run in runs:
+        epochs = sorted(table[table["trial_id"] == run.data.tags["rethink.trial_id"]]["epoch"])
+        assert epochs == list(range(1, epochs[-1] + 1))
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == epochs
+
+
+def test_a_storage_too_small_is_refused_before_anything_is_written(tmpfs):
+    small = tmpfs("small", "3m")
+    for cmd in (CLI + ["sweep", str(REPO / "sweeps" / "quick.py"), "--smoke", "--storage", str(small / "S")],
+                [sys.executable, str(REPO / "sweeps" / "quick.py"), "--storage", str(small / "S")]):
+        p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr[-3000:])
+        assert "MiB free" in lines[0] and "needs at least" in lines[0] and str(small) in lines[0], lines
+        assert list(small.iterdir()) == [], "a refused sweep wrote something"
+
+
+def test_train_json_that_cannot_be_written_says_so_in_one_line(tmp_path, tmpfs):
+    """Two instances of a refused result write after training: a full file system (ENOSPC) and a
+    file-size limit (EFBIG): one line naming the path and the OS error, exit 1, nothing left."""
+    full = tmpfs("full", "1m")
+    cases = {"No space left on device": (full / "h.json", None),
+             "File too large": (tmp_path / "big" / "h.json", 2048)}
+    (tmp_path / "big").mkdir()
+    for why, (out, limit) in cases.items():
+        def limited(limit=limit):
+            if limit:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        if limit is None:
+            _fill(full, 0)
+        p = subprocess.run(CLI + ["train", "--arch", "mlp_1x512", "--epochs", "2", "--quiet", "--json", str(out)],
+                           capture_output=True, text=True, env=ENV, timeout=300, preexec_fn=limited)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1, (why, p.returncode, p.stderr[-3000:])
+        assert lines[0] == f"rethink-dist: error: could not write {str(out)!r}: {why}", lines
+        assert [f.name for f in out.parent.iterdir() if f.name != "filler"] == [], f"{why}: a half-written file"
+
+
+def test_a_storage_that_fills_mid_sweep_stops_it_and_resume_finishes(tmp_path, tmpfs):
+    point = tmpfs("disk", "96m")
+    store = point / "store"
+    sweep = tmp_path / "space.py"
+    sweep.write_text(SWEEP)
+    cmd = CLI + ["sweep", str(sweep), "--storage", str(store), "--ray-address", "local", "--num-cpus", "1",
+                 "--max-concurrent", "1", "--report-seconds", "0"]
+    parquet = store / "space" / "trials.parquet"
+
+    # the disk fills while the first trial trains
+    log = open(tmp_path / "full.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    try:
+        _wait(lambda: _rows(parquet) >= 3, 300, "the first epochs in Parquet")
+        filler = _fill(point, 256 * 1024)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    out = (tmp_path / "full.log").read_text()
+    assert proc.returncode == 1, (proc.returncode, out[-3000:])
+    said = [ln for ln in out.splitlines() if ln.startswith("rethink-dist: ") and "stopping the sweep" in ln]
+    assert len(said) == 1 and str(point) in said[0] and "--resume" in said[0], out[-4000:]
+    assert "unfinished (the storage is full: free some space, then continue with --resume)" in out, out[-3000:]
+    assert out.count("Traceback") <= 2, out[-4000:]  # no flood: at most a checkpoint caught mid-write
+    kept = _rows(parquet)
+    assert kept >= 3
+
+    # Tune's own state was cut short too (the worst case): the project's records are enough
+    for state in (store / "space" / "tune").glob("experiment_state-*.json"):
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    filler.unlink()
+    p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "cannot be read" in p.stderr and "continue from the project's own records" in p.stderr, p.stderr[-3000:]
+    assert _rows(parquet) >= kept
+    _every_epoch_once(store, f"sqlite:///{store / 'mlflow.db'}")
