@@ -17,7 +17,7 @@ measured; a section that fails records its error and the others still run); ``en
 ``ceiling`` (a bf16 and an fp32 matrix product: the FLOP/s every other number is compared with)
 run first in every run:
 
-- ``defects``: the GPU defects only a GPU can show (issue 18), each small: ``augment`` (the random
+- ``defects``: the GPU defects only a GPU can show, each small: ``augment`` (the random
   crop's host-device synchronizations per epoch and step, counted by CUDA's sync debug mode),
   ``lrn_bf16`` (the small AlexNet's LRN under bf16 autocast against float64), ``channels_last``
   (a batch from the channels-last cache against the old gather + copy, and a training step),
@@ -260,7 +260,7 @@ def archs_section(device, sizes, ceiling: dict[str, float], check: Check) -> dic
     return out
 
 
-# ------------------------------------------------------------------ the GPU defects (issue 18)
+# ------------------------------------------------------------------ the GPU defects
 def count_syncs(device, fn: Callable[[], Any]) -> int | None:
     """Run ``fn`` with CUDA's sync debug mode on "warn" and count the host-device synchronizations it
     made (blocking copies, .item(), nonzero, ...). None on a CPU, where there is nothing to count."""
@@ -425,7 +425,7 @@ def profile_check(device, sizes) -> dict[str, Any]:
 
 
 def defects_section(device, sizes, check: Check) -> dict[str, Any]:
-    """The GPU defects of issue 18 that only a GPU can show, each small; one failing keeps the others."""
+    """The GPU defects that only a GPU can show, each small; one failing keeps the others."""
     out: dict[str, Any] = {}
     for name, fn in (("augment", lambda: augment_check(device, sizes)), ("lrn_bf16", lambda: lrn_check(device)),
                      ("channels_last", lambda: channels_last_check(device, sizes)),

@@ -180,14 +180,11 @@ def cost_block(gpu: dict[str, Any] | None) -> str:
 
 
 def write_cost(doc: Path, block: str) -> None:
-    text = doc.read_text()
-    if COST_BEGIN in text and COST_END in text:
-        a, b = text.index(COST_BEGIN), text.index(COST_END) + len(COST_END)
-        text = text[:a] + block + text[b:]
-    elif COST_BEFORE in text:
-        a = text.index(COST_BEFORE)
-        text = text[:a] + block + "\n\n" + text[a:]
-    else:
+    sys.path.insert(0, str(REPO))
+    from rethink_dist.report.render import splice_block
+
+    text = splice_block(doc.read_text(), COST_BEGIN, COST_END, COST_BEFORE, block)
+    if text is None:
         raise SystemExit(f"bench/table.py: {doc} has neither the cost block nor {COST_BEFORE!r}")
     doc.write_text(text)
 

@@ -9,9 +9,9 @@ stays recorded, one line says what happened, and the exit code is 128 + the firs
   bytecodes of whatever the main thread executes, and while a module is being imported that can be
   Python code called from C++ (torch's import calls back into Python from its extension): an
   exception raised there cannot cross the C++ frame and the C++ runtime aborts the process (core
-  dump, exit -6). Numba's compiler is the same kind of place (llvmlite's ctypes callbacks print
-  the exception as "ignored" and lose it). So while an import or numba's compiler is on the stack
-  the signal is deferred: the handler asks for it again 50 ms later, and raises once that code has
+  dump, exit -6). Numba's compiler, a fork's hooks and finalizers are the same kind of place
+  (the exception is printed as "ignored" and lost). So while such code is on the stack the signal
+  is deferred: the handler asks for it again 50 ms later, and raises once that code has
   returned (after at most ``MAX_DEFER_S``, it raises wherever it is: a hang is worse).
 - **A long job stops gracefully on the first signal.** Inside :func:`graceful` (the sweep driver
   around Tune's loop) the first signal calls the job's own stop (no exception): Tune stops starting
@@ -79,18 +79,22 @@ def stopped_line(prog: str = "rethink-dist") -> str:
     return f"{prog}: {how()}"
 
 
-# Python code that native code calls back (an exception raised there cannot unwind through it):
-# importlib (an extension module's init), and numba's compiler (llvmlite's ctypes callbacks, where
-# the interrupt is printed as "Exception ignored" and lost).
-NATIVE_CALLERS = ("<frozen importlib", f"{os.sep}llvmlite{os.sep}", f"{os.sep}numba{os.sep}")
+# Python code that native code calls back (an exception raised there cannot unwind through it, or
+# is printed as "Exception ignored" and lost): importlib (an extension module's init), numba's
+# compiler (llvmlite's ctypes callbacks), a fork's hooks (logging's lock release after os.fork,
+# multiprocessing starting a child) and finalizers (__del__, weakref callbacks).
+NATIVE_FILES = ("<frozen importlib", f"{os.sep}llvmlite{os.sep}", f"{os.sep}numba{os.sep}",
+                f"multiprocessing{os.sep}popen_fork.py", f"multiprocessing{os.sep}util.py")
+NATIVE_FUNCTIONS = {"__del__", "_releaseLock", "_acquireLock", "_after_fork", "_at_fork_reinit",
+                    "_after_at_fork_child_reinit_locks"}
 
 
 def _importing(frame) -> bool:
-    """Whether the main thread's stack holds an import (a module's top-level code, importlib) or
-    numba's compiler: places where Python code runs under native frames."""
+    """Whether the main thread's stack holds Python code run under native frames: an import (a
+    module's top-level code, importlib), numba's compiler, a fork's hooks, a finalizer."""
     while frame is not None:
         code = frame.f_code
-        if code.co_filename.startswith(NATIVE_CALLERS[0]) or any(n in code.co_filename for n in NATIVE_CALLERS[1:]):
+        if code.co_name in NATIVE_FUNCTIONS or any(n in code.co_filename for n in NATIVE_FILES):
             return True
         if code.co_name == "<module>" and frame.f_globals.get("__name__") != "__main__":
             return True
@@ -171,11 +175,21 @@ def graceful(stop: Callable[[int], None]) -> Iterator[None]:
         _state["graceful"] = before
 
 
+def _close_progress_bars() -> None:
+    """A progress bar the interrupt cut short (FFCV's writer draws them) ends its line, so that the
+    command's own line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
 def stopped(e: BaseException, prog: str = "rethink-dist", exit_process: bool = False) -> int:
     """A command's end after a KeyboardInterrupt: its one line (the exception's text, else
     :func:`stopped_line`) and 128 + the signal's number. ``exit_process`` (the command itself, not a
     caller in Python): end the process with that code now, whatever Python thinks (:func:`exit_now`)."""
     _state["phase"] = "exiting"
+    _close_progress_bars()
     text = str(e).strip()
     print(f"{prog}: {text}" if text else stopped_line(prog), file=sys.stderr, flush=True)
     if exit_process:

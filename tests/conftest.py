@@ -107,3 +107,34 @@ def one_line_error(p, *needles):
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
+
+
+def wait_until_it_handles_signals(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until ``proc`` catches SIGTERM and SIGHUP (its /proc status's SigCgt mask): the command
+    installs its handlers for SIGINT, SIGTERM and SIGHUP together as it starts. Before that moment
+    no program can answer a signal (the interpreter itself is still starting), so a test's "moment"
+    of a signal counts from here, the same on a quiet and on a loaded machine."""
+    wanted = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGHUP - 1))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"the command ended (exit {proc.returncode}) before it handled signals"
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            status = ""
+        caught = next((int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("SigCgt:")), 0)
+        if caught & wanted == wanted:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the command did not install its signal handlers within {timeout:.0f} s")
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.2):
+    """``pred()``'s first true value, polled every ``interval`` s; fails after ``timeout`` s naming ``what``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

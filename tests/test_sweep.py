@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import wait_for
 
 from rethink_dist.sweep import load_sweep, run_sweep
 
@@ -38,16 +39,6 @@ def mlflow_runs(tracking_uri: str, experiment: str):
 
 def child_runs(runs):
     return [r for r in runs if r.data.tags.get("rethink.role") == "trial"]
-
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def read_parquet(path: Path) -> pd.DataFrame | None:

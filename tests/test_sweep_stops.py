@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import wait_for, wait_until_it_handles_signals
 
 from rethink_dist.sweep.lease import LEASE_FILE, STALE_S, Lease
 
@@ -37,15 +38,6 @@ def _parquet(path: Path) -> pd.DataFrame | None:
         return pd.read_parquet(path)
     except (OSError, ValueError):
         return None
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := pred():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Driver:
@@ -85,6 +77,7 @@ def test_sigterm_and_sighup_stop_a_sweep_that_resume_finishes(tmp_path):
 
     # 1. SIGTERM before Ray has started (the driver is still importing its libraries)
     d = Driver(tmp_path, "1-before-ray", cmd)
+    wait_until_it_handles_signals(d.proc)
     time.sleep(0.5)
     d.stop(signal.SIGTERM)
     rc, log = d.wait()
@@ -98,7 +91,7 @@ def test_sigterm_and_sighup_stop_a_sweep_that_resume_finishes(tmp_path):
     began = (store / "stops" / "sweep.json").exists()
     assert began == ("--resume" in last), log[-3000:]
     d = Driver(tmp_path, "2-running", cmd + (["--resume"] if began else []))
-    _wait(lambda: (t := _parquet(parquet)) is not None and t["epoch"].max() >= 3, 300, "epochs in Parquet")
+    wait_for(lambda: (t := _parquet(parquet)) is not None and t["epoch"].max() >= 3, 300, "epochs in Parquet")
     second = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=ENV, timeout=120)
     assert second.returncode == 2, (second.returncode, second.stderr[-3000:])
     refusal = second.stderr.strip().splitlines()
@@ -112,10 +105,10 @@ def test_sigterm_and_sighup_stop_a_sweep_that_resume_finishes(tmp_path):
 
     # 3. SIGTERM just as a result is written, then a second SIGTERM while the driver stops
     d = Driver(tmp_path, "3-writing", cmd + ["--resume"])
-    assert "resume: " in _wait(lambda: "resume: " in d.log_path.read_text() and d.log_path.read_text(), 120,
+    assert "resume: " in wait_for(lambda: "resume: " in d.log_path.read_text() and d.log_path.read_text(), 120,
                                 "the resume's line")
     mtime = parquet.stat().st_mtime_ns
-    _wait(lambda: parquet.stat().st_mtime_ns != mtime, 300, "a Parquet write")
+    wait_for(lambda: parquet.stat().st_mtime_ns != mtime, 300, "a Parquet write")
     d.stop(signal.SIGTERM)
     time.sleep(0.3)
     d.stop(signal.SIGTERM)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -60,15 +61,6 @@ def _fill(point: Path, leave_bytes: int) -> Path:
         f.truncate(0)
         os.posix_fallocate(f.fileno(), 0, max(0, free - leave_bytes))
     return filler
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := pred():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _rows(parquet: Path) -> int:
@@ -127,7 +119,10 @@ def test_train_json_that_cannot_be_written_says_so_in_one_line(tmp_path, tmpfs):
         assert [f.name for f in out.parent.iterdir() if f.name != "filler"] == [], f"{why}: a half-written file"
 
 
-def test_a_storage_that_fills_mid_sweep_stops_it_and_resume_finishes(tmp_path, tmpfs):
+@pytest.mark.parametrize("how", ["full", "read-only"])
+def test_a_storage_that_refuses_writes_mid_sweep_stops_it_and_resume_finishes(tmp_path, tmpfs, how):
+    """Two instances: the file system fills up (the free-space watch or the first refused write
+    stops the sweep), or it turns read-only (no free-space sign: the refused writes stop it). After the full disk, Tune's own state is also cut short, and --resume must do without it."""
     point = tmpfs("disk", "96m")
     store = point / "store"
     sweep = tmp_path / "space.py"
@@ -136,33 +131,56 @@ def test_a_storage_that_fills_mid_sweep_stops_it_and_resume_finishes(tmp_path, t
                  "--max-concurrent", "1", "--report-seconds", "0"]
     parquet = store / "space" / "trials.parquet"
 
-    # the disk fills while the first trial trains
-    log = open(tmp_path / "full.log", "w")
+    log = open(tmp_path / "refused.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    filler = None
     try:
-        _wait(lambda: _rows(parquet) >= 3, 300, "the first epochs in Parquet")
-        filler = _fill(point, 256 * 1024)
+        wait_for(lambda: _rows(parquet) >= 3, 300, "the first epochs in Parquet")
+        if how == "full":
+            filler = _fill(point, 256 * 1024)
+        else:  # a read-only bind mount over it: new files are refused (EROFS); a tmpfs with open
+            # files cannot be remounted read-only itself
+            subprocess.run(["mount", "--bind", str(point), str(point)], check=True)
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], check=True)
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         log.close()
-    out = (tmp_path / "full.log").read_text()
+        if how == "read-only":
+            subprocess.run(["umount", str(point)], check=True)  # the bind mount: writable again
+    out = (tmp_path / "refused.log").read_text()
     assert proc.returncode == 1, (proc.returncode, out[-3000:])
     said = [ln for ln in out.splitlines() if ln.startswith("rethink-dist: ") and "stopping the sweep" in ln]
     assert len(said) == 1 and str(point) in said[0] and "--resume" in said[0], out[-4000:]
-    assert "unfinished (the storage is full: free some space, then continue with --resume)" in out, out[-3000:]
+    assert "unfinished (the storage refused writes: free some space or make it writable, then continue with --resume)" in out, out[-3000:]
     assert out.count("Traceback") <= 2, out[-4000:]  # no flood: at most a checkpoint caught mid-write
     kept = _rows(parquet)
     assert kept >= 3
 
-    # Tune's own state was cut short too (the worst case): the project's records are enough
-    for state in (store / "space" / "tune").glob("experiment_state-*.json"):
-        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    filler.unlink()
+    if how == "full":  # Tune's own state was cut short too (the worst case): the project's records suffice
+        for state in (store / "space" / "tune").glob("experiment_state-*.json"):
+            state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        filler.unlink()
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=ENV, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "cannot be read" in p.stderr and "continue from the project's own records" in p.stderr, p.stderr[-3000:]
+    if how == "full":
+        assert "cannot be read" in p.stderr and "continue from the project's own records" in p.stderr, p.stderr[-3000:]
     assert _rows(parquet) >= kept
     _every_epoch_once(store, f"sqlite:///{store / 'mlflow.db'}")
+
+
+def test_a_sweep_refused_by_its_mlflow_store_writes_nothing(tmp_path):
+    """A refusal that comes after the sweep's folder is made (the store is not an MLflow database):
+    the storage is left exactly as it was (the other such refusal, a second driver, is in
+    test_sweep_stops.py)."""
+    store = tmp_path / "S"
+    store.mkdir()
+    (store / "mlflow.db").write_bytes(b"this is not a database, just bytes\n" * 100)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    p = subprocess.run(CLI + ["sweep", str(REPO / "sweeps" / "quick.py"), "--smoke", "--storage", str(store)],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "MLflow" in lines[0], (p.returncode, p.stderr[-3000:])
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before, "the refused sweep wrote files"

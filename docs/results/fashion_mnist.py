@@ -312,17 +312,14 @@ def block(name: str, lines: list[str]) -> list[str]:
 
 def replace_blocks(text: str, blocks: dict[str, list[str]]) -> str:
     """The doc with each named block replaced (inserted before its heading when the doc has none)."""
+    from rethink_dist.report.render import splice_block
+
     for name, lines in blocks.items():
         begin, end, before = BLOCKS[name]
-        body = "\n".join(block(name, lines))
-        if begin in text and end in text:
-            a, b = text.index(begin), text.index(end) + len(end)
-            text = text[:a] + body + text[b:]
-        elif before in text:
-            a = text.index(before)
-            text = text[:a] + body + "\n\n" + text[a:]
-        else:
+        spliced = splice_block(text, begin, end, before, "\n".join(block(name, lines)))
+        if spliced is None:
             raise SystemExit(f"fashion_mnist.py: the doc has neither the {name} block nor the heading {before!r}")
+        text = spliced
     return text
 
 

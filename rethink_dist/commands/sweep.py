@@ -130,7 +130,7 @@ def sweep_outcome(name: str, out: dict[str, Any]) -> str:
     """The line after a sweep: how many trials have results, failed, or were left unfinished."""
     line = f"\nsweep {name!r}: {len(out['summary'])}/{out['planned']} trials with results, {out['errors']} failed"
     if out["unfinished"] and out.get("storage_full"):
-        line += f", {out['unfinished']} unfinished (the storage is full: free some space, then continue with --resume)"
+        line += f", {out['unfinished']} unfinished (the storage refused writes: free some space or make it writable, then continue with --resume)"
     elif out["unfinished"]:
         line += f", {out['unfinished']} unfinished ({stopping.how()}: continue with --resume)"
     elif stopping.received():

@@ -63,6 +63,19 @@ def build_report(results: Results, out: str | Path) -> Report:
     return Report(out, out / "report.html", out / "report.md", out / "report.json", tabs, figs, unfinished)
 
 
+def splice_block(text: str, begin: str, end: str, before: str, body: str) -> str | None:
+    """``text`` with its generated block (from the ``begin`` marker to the ``end`` marker) replaced by
+    ``body``; a doc without the block gets it inserted before the heading ``before``. None when the
+    doc has neither (the caller says which doc and which block)."""
+    if begin in text and end in text:
+        a, b = text.index(begin), text.index(end) + len(end)
+        return text[:a] + body + text[b:]
+    if before in text:
+        a = text.index(before)
+        return text[:a] + body + "\n\n" + text[a:]
+    return None
+
+
 def _replace(new: Path, out: Path) -> None:
     """Put the folder ``new`` at ``out``, replacing an older report there."""
     if not out.exists():

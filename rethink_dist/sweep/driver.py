@@ -238,7 +238,8 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         if [t["trial_id"] for t in old["trials"]] != [s.trial_id for s in sweep.trials]:
             raise SweepError(f"--resume: the trials of {sweep.path!r} changed since the sweep started; "
                              "Tune cannot change a running sweep's grid: start a new sweep (another --storage)")
-    need = estimate(sweep.trials, max_concurrent)
+    done = _finished_ids(folder / "trials.parquet") if resume else set()
+    need = estimate([s for s in sweep.trials if s.trial_id not in done], max_concurrent)  # what is still to come
     if "://" not in storage:
         check_fits(folder, need, "--storage")
     # A sweep refused from here on (another driver holds it, MLflow refuses it) leaves nothing behind.
@@ -369,6 +370,21 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     return {"results_dir": str(folder), "parquet": str(folder / "trials.parquet"), "tracking_uri": tracking_uri,
             "experiment": sweep.name, "experiment_id": experiment_id, "summary": summary, "errors": errors,
             "unfinished": unfinished, "planned": len(sweep.trials), "storage_full": writer.storage_full}
+
+
+def _finished_ids(parquet: Path) -> set[str]:
+    """The trials whose last row in ``parquet`` says finished (empty when there is no table)."""
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.read_table(parquet, columns=["trial_id", "epoch", "finished"]).to_pylist()
+    except (OSError, ValueError, KeyError):
+        return set()
+    last: dict[str, dict[str, Any]] = {}
+    for r in t:
+        if r["trial_id"] not in last or r["epoch"] > last[r["trial_id"]]["epoch"]:
+            last[r["trial_id"]] = r
+    return {tid for tid, r in last.items() if r["finished"]}
 
 
 def _finished(table: ResultsTable, tid: str) -> bool:
@@ -577,8 +593,8 @@ class ResultsWriter:
         if self.storage_full is not None:
             return
         self.storage_full = line
-        print(f"rethink-dist: {line}; stopping the sweep (what was recorded is kept: free some space, then "
-              "continue with --resume)", file=sys.stderr, flush=True)
+        print(f"rethink-dist: {line}; stopping the sweep (what was recorded is kept: free some space or make it "
+              "writable, then continue with --resume)", file=sys.stderr, flush=True)
         import signal
 
         os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own graceful stop (its handler, while fit() runs)

@@ -137,7 +137,10 @@ class Lease:
         self._stop.set()
         holder = self._read()
         if holder is not None and (holder.get("pid"), holder.get("host")) == (self.me["pid"], self.me["host"]):
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:  # a storage turned read-only: the lease stays, stale once this process ends
+                pass
 
     def __enter__(self) -> "Lease":
         self.acquire()
