@@ -16,13 +16,15 @@ RESULTS ?= results
 # FFCV compiles against OpenCV and libjpeg-turbo; the report's test opens its HTML in headless
 # Chromium; Debian's dataset-fashion-mnist is the paper-scale data set; the lab-cluster test runs
 # `ray up` over SSH to this machine (sshd, rsync, and sudo for the config's apt-get). Install them
-# when missing (needs root or sudo).
+# when missing (needs root or sudo), with services kept from starting (policy-rc.d): the test
+# starts its own sshd on 127.0.0.1, no package's daemon may listen anywhere.
 system-deps:
 	@if pkg-config --exists opencv4 2>/dev/null && pkg-config --exists libturbojpeg 2>/dev/null && command -v chromium >/dev/null && [ -f $(FASHION_MNIST) ] && [ -x /usr/sbin/sshd ] && command -v rsync >/dev/null && command -v sudo >/dev/null; then \
 		echo "system packages for FFCV, the report test, Fashion-MNIST and the lab-cluster test: present"; \
 	else \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		echo "installing system packages for FFCV, the report test, Fashion-MNIST and the lab-cluster test: $(APT_PACKAGES)"; \
+		POLICY=/usr/sbin/policy-rc.d; if [ ! -e $$POLICY ]; then printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod +x $$POLICY && trap "$$SUDO rm -f $$POLICY" EXIT; fi; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	fi
 

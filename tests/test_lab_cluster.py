@@ -53,6 +53,8 @@ CLUSTER_NAME = "rethink-dist-lab"  # cluster/local.yaml's
 MARKER = "rethink-dist lab-cluster test head"  # the GECOS field of the users this test makes
 SSH_PORT = 22  # Ray's launcher connects to port 22 (it has no port setting)
 MLFLOW_PORT = 5000  # cluster/local.yaml's
+# The fixed ports the head takes (the config's and `ray start --head`'s defaults).
+HEAD_PORTS = {6379: "Ray's GCS", MLFLOW_PORT: "MLflow", 8265: "the Ray dashboard", 10001: "the Ray client server"}
 DETACHED_EPOCHS = 80
 DETACHED_SWEEP = f'''"""Two digits trials of {DETACHED_EPOCHS} epochs: long enough to lose the submitting client mid-sweep."""
 from rethink_dist.config import TrialConfig
@@ -278,10 +280,12 @@ class Lab:
         for user in self._stale_users():
             subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=60)
             Path(f"/etc/sudoers.d/{user}").unlink(missing_ok=True)
-        for host, port, what in (("127.0.0.1", SSH_PORT, "sshd"),):
-            if _port_taken(host, port):
-                pytest.fail(f"{host}:{port} is taken: the lab-cluster test's {what} needs it (Ray's launcher "
-                            f"connects to port 22 only)")
+        if _port_taken("127.0.0.1", SSH_PORT):
+            pytest.fail(f"127.0.0.1:{SSH_PORT} is taken: the lab-cluster test's sshd needs it (Ray's launcher "
+                        f"connects to port 22 only)")
+        for port, what in HEAD_PORTS.items():
+            if _port_taken("0.0.0.0", port):
+                pytest.fail(f"port {port} is taken on this machine: cluster/local.yaml's head needs it for {what}")
 
     @staticmethod
     def _stale_users() -> list[str]:
