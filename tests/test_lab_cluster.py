@@ -357,10 +357,15 @@ class Lab:
                                "the head's python").split()
         if ".".join(head_py) != py:
             pytest.fail(f"the head's python3 is {'.'.join(head_py)}, the suite's {py}: its packages cannot be shared")
-        readable = _run(["runuser", "-u", self.user, "--", "test", "-r", str(seed / "ray" / "__init__.py")], 30)
-        if readable.returncode != 0:
-            pytest.fail(f"the dedicated user cannot read {seed} (a folder above it is not world-readable): "
-                        f"clone the repository where other users can read it")
+        if not self._readable(seed):
+            # a folder above it is closed to other users (a clone under /root): a copy of hard links,
+            # outside it (seconds; the files keep their modes)
+            copy = self.root / "site-packages"
+            made = _run(["cp", "-al", str(seed), str(copy)], 300)
+            if made.returncode != 0 or not self._readable(copy):
+                pytest.fail(f"the dedicated user cannot read {seed} (a folder above it is closed to other users) "
+                            f"and it cannot be hard-linked to {copy}: {made.stdout[-500:]}")
+            seed = copy
         venv = self.home / "rethink-venv"
         (venv / "lib" / f"python{py}" / "site-packages" / "rethink-dist-suite.pth").write_text(f"{seed}\n")
         bin_dir = Path(sys.prefix) / "bin"
@@ -376,6 +381,10 @@ class Lab:
             target.write_text(f"#!{venv}/bin/python\n{body}")
             target.chmod(0o755)
         self._chown(venv)
+
+    def _readable(self, site_packages: Path) -> bool:
+        probe = site_packages / "ray" / "__init__.py"
+        return _run(["runuser", "-u", self.user, "--", "test", "-r", str(probe)], 30).returncode == 0
 
     def start_sshd(self) -> None:
         d = self.root / "sshd"
