@@ -441,6 +441,11 @@ LogLevel VERBOSE
         p = _run([str(VENV_BIN / "ray"), *args], timeout, env=self.env, cwd=REPO)
         return p, time.time() - t0
 
+    def pane(self) -> str:
+        """The end of what the driver in the head's tmux session printed."""
+        out = _run(["runuser", "--login", self.user, "--command", "tmux capture-pane -p -S -200"], 60)
+        return out.stdout[-3000:]
+
     def head_env(self) -> dict[str, str]:
         """The variables the config's setup wrote to the head's ~/.rethink_env."""
         out = self.as_user("source ~/.rethink_env && env", "the head's environment")
@@ -582,7 +587,8 @@ def test_ray_up_submit_exec_down_on_the_lab_config(lab):
     client = lab.start([str(VENV_BIN / "ray"), "submit", str(config), str(sweep_file), "--tmux", "--", *SWEEP_FLAGS],
                        lab.root / "tmux-submit.log", env=lab.env, cwd=REPO)
     parquet = lab.shared / "runs" / "detached" / "trials.parquet"
-    rows = _wait_until(lambda: _parquet_rows(parquet), 300, "the detached sweep wrote no epoch", interval=0.5)
+    rows = _wait_until(lambda: _parquet_rows(parquet), 300, lambda: f"the detached sweep wrote no epoch: {lab.pane()}",
+                       interval=0.5)
     killed_at = len(rows)
     if client.poll() is None:
         os.killpg(client.pid, signal.SIGKILL)
@@ -596,7 +602,7 @@ def test_ray_up_submit_exec_down_on_the_lab_config(lab):
         done = [r for r in _parquet_rows(parquet) if r["finished"]]
         return len(done) == len(detached_ids)
 
-    _wait_until(finished, 300, "the detached sweep did not finish on the head")
+    _wait_until(finished, 300, lambda: f"the detached sweep did not finish on the head: {lab.pane()}")
     timings["detached sweep"] = time.time() - t0
     epochs = _epochs_once(_parquet_rows(parquet), detached_ids)
     assert all(e[-1] == DETACHED_EPOCHS for e in epochs.values()), {k: v[-1] for k, v in epochs.items()}
@@ -612,8 +618,8 @@ def test_ray_up_submit_exec_down_on_the_lab_config(lab):
 
     _wait_until(parent_closed, 120, "the detached sweep's driver did not close its MLflow run")
     _mlflow_epochs_once(tracking, "detached", epochs)
-    pane = lab.as_user("tmux capture-pane -p -S -200", "the tmux pane")
-    assert "2/2 trials with results, 0 failed" in pane, pane[-3000:]
+    pane = lab.pane()
+    assert "2/2 trials with results, 0 failed" in pane, pane
 
     # 4. ray exec 'ray status', then ray down
     status, timings["ray exec 'ray status'"] = lab.ray("exec", str(config), "ray status", timeout=180)
