@@ -323,7 +323,8 @@ def allowed_hosts_problems(config: dict) -> list[str]:
     if not port or not hosts:
         return [f"no --port or no --allowed-hosts: {cmd}"]
     want = [f"${HEAD_IP_VAR}:{port.group(1)}", "localhost:*", "127.0.0.1:*"]
-    problems = [] if hosts.group(1).split(",") == want else [f"--allowed-hosts {hosts.group(1)!r}, not {','.join(want)!r}"]
+    problems = [] if hosts.group(1).split(",") == want else [
+        f"--allowed-hosts {hosts.group(1)!r}, not {','.join(want)!r}"]
     uri = f"MLFLOW_TRACKING_URI=http://${HEAD_IP_VAR}:{port.group(1)}"
     if not any(uri in c for c in config["head_setup_commands"]):
         problems.append(f"the head's {uri} is not set: the driver would not reach the server on its port")

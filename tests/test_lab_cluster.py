@@ -56,7 +56,7 @@ MLFLOW_PORT = 5000  # cluster/local.yaml's
 # The fixed ports the head takes (the config's and `ray start --head`'s defaults).
 HEAD_PORTS = {6379: "Ray's GCS", MLFLOW_PORT: "MLflow", 8265: "the Ray dashboard", 10001: "the Ray client server"}
 DETACHED_EPOCHS = 80
-DETACHED_SWEEP = f'''"""Two digits trials of {DETACHED_EPOCHS} epochs: long enough to lose the submitting client mid-sweep."""
+DETACHED_SWEEP = f'''"""Two digits trials of {DETACHED_EPOCHS} epochs: long enough to lose the client mid-sweep."""
 from rethink_dist.config import TrialConfig
 
 NAME = "detached"
@@ -353,7 +353,7 @@ class Lab:
         # without a pip of its own: the suite's (a current pip; Debian's 23.0 takes half a minute
         # over the requirements that are already installed)
         self.as_user("python3 -m venv --without-pip ~/rethink-venv", "the head's venv")
-        head_py = self.as_user("~/rethink-venv/bin/python -c 'import sys; print(sys.version_info[0], sys.version_info[1])'",
+        head_py = self.as_user("~/rethink-venv/bin/python -c 'import sys; print(*sys.version_info[:2])'",
                                "the head's python").split()
         if ".".join(head_py) != py:
             pytest.fail(f"the head's python3 is {'.'.join(head_py)}, the suite's {py}: its packages cannot be shared")
@@ -538,8 +538,8 @@ def test_ray_up_submit_exec_down_on_the_lab_config(lab):
     assert tracking == f"http://{head_ip}:{MLFLOW_PORT}", tracking
     assert Path(env["RETHINK_STORAGE"]) == lab.shared / "runs"
     # the config's pip install put this checkout's package in the head's venv
-    where = lab.as_user("cd /tmp && source ~/.rethink_env && python -c 'import rethink_dist; print(rethink_dist.__file__)'",
-                        "import on the head")
+    where = lab.as_user("cd /tmp && source ~/.rethink_env && "
+                        "python -c 'import rethink_dist; print(rethink_dist.__file__)'", "import on the head")
     assert where.strip() == str(lab.home / "rethink-dist" / "rethink_dist" / "__init__.py"), where
     pid_file = lab.home / "mlflow" / "server.pid"
     server = psutil.Process(int(pid_file.read_text()))  # the server itself, not a shell around it
