@@ -309,6 +309,72 @@ def test_data_copy_command_runs(name, tmp_path):
     assert r.returncode == 0 and "no cifar10 under" in r.stdout, r.stdout + r.stderr
 
 
+def mlflow_server_command(config: dict) -> str:
+    [cmd] = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    return cmd
+
+
+def allowed_hosts_problems(config: dict) -> list[str]:
+    """The head's MLflow server must accept its cluster's address and port and an SSH tunnel's
+    localhost, and nothing else; [] when it does."""
+    cmd = mlflow_server_command(config)
+    port = re.search(r"--port[= ](\d+)", cmd)
+    hosts = re.search(r'--allowed-hosts[= ]"([^"]+)"', cmd)
+    if not port or not hosts:
+        return [f"no --port or no --allowed-hosts: {cmd}"]
+    want = [f"${HEAD_IP_VAR}:{port.group(1)}", "localhost:*", "127.0.0.1:*"]
+    problems = [] if hosts.group(1).split(",") == want else [
+        f"--allowed-hosts {hosts.group(1)!r}, not {','.join(want)!r}"]
+    uri = f"MLFLOW_TRACKING_URI=http://${HEAD_IP_VAR}:{port.group(1)}"
+    if not any(uri in c for c in config["head_setup_commands"]):
+        problems.append(f"the head's {uri} is not set: the driver would not reach the server on its port")
+    return problems
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_mlflow_accepts_its_cluster_and_a_tunnel_only(path):
+    assert allowed_hosts_problems(ray_up_config(path)) == []
+
+
+def test_allowed_hosts_check_can_fail():
+    config = ray_up_config(CLUSTER / "aws.yaml")
+    for old, new in ((',localhost:*', ''), ('"$RETHINK_HEAD_IP:5000,', '"*,'), ("--port 5000", "--port 5001")):
+        bad = copy.deepcopy(config)
+        bad["head_start_ray_commands"] = [c.replace(old, new) for c in bad["head_start_ray_commands"]]
+        assert allowed_hosts_problems(bad), (old, new)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_mlflow_pid_file_names_the_server(path, tmp_path):
+    """The config's MLflow start command, run here with a stand-in `mlflow` on PATH: the pid file
+    holds the server's own process (what the next `ray up` and `ray down` stop), not a shell
+    around it, and the command returns at once."""
+    import psutil
+
+    config = ray_up_config(path)
+    fake = tmp_path / "bin" / "mlflow"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    (tmp_path / ".rethink_env").write_text(
+        f"export RETHINK_HEAD_IP=127.0.0.1 RETHINK_BUCKET={tmp_path}/bucket RETHINK_SHARED={tmp_path}/shared\n")
+    (tmp_path / "mlflow").mkdir()
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    t0 = time.time()
+    shell = subprocess.Popen(["bash", "-c", mlflow_server_command(config)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert shell.wait(30) == 0 and time.time() - t0 < 10, "the start command did not return at once"
+        proc = psutil.Process(int((tmp_path / "mlflow" / "server.pid").read_text()))
+        deadline = time.time() + 10
+        while proc.cmdline()[:1] != ["sleep"] and time.time() < deadline:  # nohup, then mlflow, exec'd in turn
+            time.sleep(0.1)
+        assert proc.cmdline()[:2] == ["sleep", "60"], proc.cmdline()  # the stand-in server itself
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)  # the command's whole session, the stand-in included
+        shell.wait(10)
+
+
 def test_no_credentials_in_configs():
     pattern = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|BEGIN [A-Z ]*PRIVATE KEY|private_key_id", re.I)
     for path in CONFIGS:
