@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import threading
@@ -14,6 +15,21 @@ from typing import Any, Iterator
 # KeyboardInterrupt a Ctrl-C raises (numba's compiler prints "Exception ignored" and goes on); the
 # flag still says it happened, and nothing is then made to look complete.
 INTERRUPTED = threading.Event()
+
+
+# A write the storage refuses: full, over a quota or a file-size limit, read-only (OS errors, and
+# the words SQLite, pyarrow and Ray's copies use for them).
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+STORAGE_WORDS = ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system",
+                 "database or disk is full", "attempt to write a readonly database", "unable to open database file")
+
+
+def storage_error(e: BaseException | str) -> bool:
+    """Whether an error (or its text) is a write refused by the storage: full, over a limit, read-only."""
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+        return True
+    text = str(e)
+    return any(w in text for w in STORAGE_WORDS)
 
 
 def raise_if_interrupted() -> None:

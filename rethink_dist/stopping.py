@@ -83,10 +83,11 @@ def stopped_line(prog: str = "rethink-dist") -> str:
 # is printed as "Exception ignored" and lost): importlib (an extension module's init), numba's
 # compiler (llvmlite's ctypes callbacks), a fork's hooks (logging's lock release after os.fork,
 # multiprocessing starting a child) and finalizers (__del__, weakref callbacks).
-NATIVE_FILES = ("<frozen importlib", f"{os.sep}llvmlite{os.sep}", f"{os.sep}numba{os.sep}",
-                f"multiprocessing{os.sep}popen_fork.py", f"multiprocessing{os.sep}util.py")
+NATIVE_FILES = ("<frozen importlib", f"{os.sep}llvmlite{os.sep}", f"{os.sep}numba{os.sep}")
+# by function name only: the at-fork hooks, not the code around a fork (a parent waiting for its
+# children must still take the signal at once)
 NATIVE_FUNCTIONS = {"__del__", "_releaseLock", "_acquireLock", "_after_fork", "_at_fork_reinit",
-                    "_after_at_fork_child_reinit_locks"}
+                    "_after_at_fork_child_reinit_locks", "_run_after_forkers"}
 
 
 def _importing(frame) -> bool:

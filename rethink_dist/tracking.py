@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rethink_dist.errors import ConfigError
+from rethink_dist.files import storage_error
 
 from rethink_dist.records import (DATASET_FINGERPRINT, GIT_COMMIT, METRIC_KEYS, PARENT_RUN, ROLE, SWEEP, TRIAL_ID,
                                   finite_numbers)
@@ -63,6 +64,8 @@ def _retry(fn, *args, tries: int = BUSY_TRIES, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # MlflowException, OperationalError, connection errors
+            if storage_error(e):  # a full or read-only disk does not pass by waiting
+                raise
             text = str(e).lower()
             busy = any(s in text for s in ("locked", "temporarily", "503", "502"))
             unreachable = any(s in text for s in ("timeout", "timed out", "connection"))

@@ -23,12 +23,12 @@ from typing import Any
 
 from rethink_dist import stopping
 from rethink_dist.errors import SweepError
-from rethink_dist.files import write_json_atomic
+from rethink_dist.files import STORAGE_WORDS, storage_error, write_json_atomic
 from rethink_dist.parquet import ResultsTable, write_sample_records
 from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, SAMPLES_DIR, SAMPLES_FILE, finite_numbers, summarize
 from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import KINDS, Sweep, TrialSpec
-from rethink_dist.sweep.space import STORAGE_WORDS, SpaceWatch, check_fits, estimate, storage_error
+from rethink_dist.sweep.space import SpaceWatch, check_fits, estimate
 from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
 from rethink_dist.tracking import (TrialRun, check_reachable, default_artifact_location, default_tracking_uri,
                                    ensure_experiment, ensure_parent_run, finish_run)

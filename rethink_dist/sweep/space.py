@@ -11,12 +11,12 @@ While the sweep runs, :class:`SpaceWatch` looks at the free space every few seco
 driver's own event loop) and says once when it falls under what the next checkpoints need: the
 driver then stops the sweep as on Ctrl-C (no new trials, what was reported lands) and exits
 non-zero; ``--resume`` continues once there is room. Write failures of the same kind (a full disk,
-a file-size limit, a file system turned read-only) are recognised by :func:`storage_error`.
+a file-size limit, a file system turned read-only) are recognised by
+:func:`rethink_dist.files.storage_error`.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import time
@@ -25,6 +25,7 @@ from typing import Any
 
 from rethink_dist.errors import SweepError
 
+
 CHECKPOINTS_KEPT = 2  # tune.CheckpointConfig(num_to_keep=...) of the driver
 # Upper bounds per epoch, measured on the demo's own files: its Parquet row (~0.4 KB), its MLflow
 # metrics in SQLite (~25 metrics, ~3 KB with indexes), Tune's result.json and progress.csv lines
@@ -32,9 +33,6 @@ CHECKPOINTS_KEPT = 2  # tune.CheckpointConfig(num_to_keep=...) of the driver
 EPOCH_BYTES = 8 * 1024
 TRIAL_BYTES = 64 * 1024  # a trial's fixed files: meta.json, params, Tune's params.json / params.pkl
 FIXED_BYTES = 4 * 1024 * 1024  # sweep.json, the MLflow database's own tables, Tune's experiment state
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-STORAGE_WORDS = ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system",
-                 "database or disk is full")
 WATCH_SECONDS = 2.0
 
 
@@ -110,14 +108,6 @@ def check_fits(folder: str | os.PathLike, need: dict[str, int], what: str) -> No
         raise SweepError(f"{what} {str(folder)!r} has {mib(free)} free; the sweep needs at least {mib(need['least'])} "
                          f"(one checkpoint per trial; up to {mib(need['checkpoints'] + need['epochs'])} with every "
                          "checkpoint kept and every epoch logged): free some space or choose another --storage")
-
-
-def storage_error(e: BaseException | str) -> bool:
-    """Whether an error (or its text) is a write refused by the storage: full, over a limit, read-only."""
-    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
-        return True
-    text = str(e)
-    return any(w in text for w in STORAGE_WORDS)
 
 
 class SpaceWatch:
