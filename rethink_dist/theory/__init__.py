@@ -150,13 +150,7 @@ def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
     k = ds.num_classes
     test_labels = torch.from_numpy(arrays.test_y).to(device)
     sol = fitted.solution
-    # How far the stored Gram matrix may be from the one of the features (both rounded in F's dtype:
-    # the squared distance |x|^2 + |y|^2 - 2 x.y to about eps (|x|^2 + |y|^2 + 2 |x||y|), the
-    # exponential's argument gamma times that): |K_stored - K| <= e_K entrywise, so the interpolant of
-    # the stored matrix misses the features' by at most e_K * ||alpha||_1 per entry.
-    sq_max = float((F_tr.double() ** 2).sum(1).max())
-    e_k = {"rbf": 4 * fitted.gamma * sq_max, "laplacian": 2 * fitted.gamma * math.sqrt(sq_max),
-           "linear": 4 * sq_max}[p["kernel"]] * torch.finfo(F_tr.dtype).eps
+    e_k = kn.gram_entry_error_bound(F_tr, p["kernel"], fitted.gamma)
 
     def block(j: int, labels: np.ndarray) -> dict[str, Any]:
         """Errors, norm, residuals and iterations of the j-th label set's k columns."""
@@ -164,7 +158,7 @@ def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
         a, pred, target = fitted.alpha[:, cols], fitted.train_pred[:, cols], Y[:, cols].double()
         res = pred - target  # (K + ridge I) alpha - Y, K from the features in float64
         its = (sol.column_iterations or [])[cols]
-        bound = (p["tol"] + e_k * float(a.abs().sum(0).max())) if sol.solver == "cholesky_pcg" else None
+        bound = kn.residual_bound(a, e_k, p["tol"]) if sol.solver == "cholesky_pcg" else None
         out = {"train_error": float((pred.argmax(1) != torch.from_numpy(labels).to(device)).double().mean()),
                "test_error": float((test_pred[:, cols].argmax(1) != test_labels).double().mean()),
                "norm": math.sqrt(max(0.0, float((a * (pred - p["ridge"] * a)).sum()))),

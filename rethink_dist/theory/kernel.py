@@ -151,6 +151,7 @@ def predict(Fq: torch.Tensor, Ft: torch.Tensor, alpha: torch.Tensor, kernel: str
 # float64 accumulation still reaches it (docs/theory.md: the measured residuals).
 TOL = 1e-3
 MAX_ITER = 200
+STALL = 25  # conjugate-gradient iterations without a new lowest max residual before the solver gives up
 # The first shift of the float32 factorization, in units of eps(dtype) * lambda_max(K): float32
 # Cholesky's backward error is of that size (||E|| <~ c eps ||K||), so a smaller shift leaves the
 # factor's error as large as the shift and the factorization can meet a negative pivot; a larger one
@@ -340,6 +341,7 @@ def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: f
         Z = _precond(A, Rin)
         P = Z.clone()
         rz = (Rin * Z).sum(0)
+        best, since = float("inf"), 0
         while it < max_iter:
             it += 1
             Q = sym_matvec(A, diag, P, block, wide=wide).to(torch.float64)
@@ -352,12 +354,23 @@ def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: f
                     first[j] = it
             if bool((cin <= target).all()):
                 break
+            worst = float(cin.max())
+            if worst < best:
+                best, since = worst, 0
+            else:
+                since += 1
+            if since >= STALL:  # no progress: the system cannot be solved in this precision
+                break
             Z = _precond(A, Rin)
             rz_new = (Rin * Z).sum(0)
             P = Z + _safe_div(rz_new, rz) * P
             rz = rz_new
         X += D
-        R = Y - sym_matvec64(A, diag, X, block)
+        R_new = Y - sym_matvec64(A, diag, X, block)
+        if float(R_new.abs().max()) >= res:  # the correction made it worse: keep the better alpha, stop
+            X -= D
+            break
+        R = R_new
     return X, it, res, first, outer
 
 
@@ -449,6 +462,30 @@ def solve_min_norm(
     return Solution(alpha, "cholesky_pcg", False, None, what,
                     shift=shift, iterations=iters, converged=converged, stored_max_residual=res,
                     column_iterations=first, factor_attempts=said, refinements=outer, seconds=seconds)
+
+
+def gram_entry_error_bound(F: torch.Tensor, kernel: str, gamma: float) -> float:
+    """e_K: how far an entry of the Gram matrix computed in F's dtype may be from the exact k(x_i, x_j).
+
+    The squared distance |x|^2 + |y|^2 - 2 x.y is rounded to about eps (|x|^2 + |y|^2 + 2 |x||y|)
+    <= 4 eps max|x|^2, and the exponential's argument (gamma times it, or times its square root for
+    the Laplacian kernel: an error of at most sqrt(that)) carries it over to K_ij <= 1 as an absolute
+    error. The interpolant of the stored matrix then misses the features' by at most
+    e_K * ||alpha||_1 per entry (:func:`residual_bound`).
+    """
+    sq_max = float((F.double() ** 2).sum(1).max())
+    eps = torch.finfo(F.dtype).eps
+    if kernel == "rbf":
+        return 4 * eps * gamma * sq_max
+    if kernel == "laplacian":
+        return 2 * gamma * math.sqrt(eps * sq_max)
+    return 4 * eps * sq_max * math.sqrt(F.shape[1])
+
+
+def residual_bound(alpha: torch.Tensor, e_k: float, tol: float) -> float:
+    """The stated bound on max |K alpha - Y| recomputed from the features: the solver's tolerance on
+    the stored matrix plus e_K times the largest column l1-norm of alpha."""
+    return tol + e_k * float(alpha.abs().sum(0).max())
 
 
 # ------------------------------------------------------------------------------ budget
