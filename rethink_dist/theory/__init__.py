@@ -185,6 +185,7 @@ def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
         "interpolated": main["interpolated"] and all(a["interpolated"] for a in also),
         "max_fit_residual": main["max_fit_residual"], "relative_residual": main["relative_residual"],
         "residual_bound": main["residual_bound"], "stored_max_residual": sol.stored_max_residual,
+        "stored_max_residual_narrow_products": sol.stored_max_residual_narrow,
         "tolerance": p["tol"], "iterations": sol.iterations, "iterations_to_fit": main["iterations_to_fit"],
         "refinements": sol.refinements, "shift": sol.shift, "gram_entry_error_bound": e_k,
         "also_levels": also,

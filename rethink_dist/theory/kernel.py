@@ -2,25 +2,46 @@
 
 SGD from zero on a linear model stays in the span of the data, so when it fits the training set
 it finds ``w = X^T alpha`` with ``K alpha = Y``: the minimum-norm interpolant. Here K is a kernel
-matrix (linear ``X X^T`` or Gaussian RBF ``exp(-gamma |x_i - x_j|^2)``) on raw pixels (pixels / 255,
-flattened) or on random-conv features (:func:`random_conv_features`, the paper's "random conv-net"
-preprocessing), Y the one-hot training labels (0/1), and:
+matrix (linear ``X X^T``, Gaussian RBF ``exp(-gamma |x_i - x_j|^2)`` or Laplacian
+``exp(-gamma |x_i - x_j|)``) on raw pixels (pixels / 255, flattened) or on random-conv features
+(:func:`random_conv_features`, the paper's "random conv-net" preprocessing), Y the one-hot
+training labels (0/1), and:
 
-- ``ridge = 0``: ``K alpha = Y`` by a Cholesky factorization of K, in place (K is the only n x n
-  array, so n = 50,000 takes 10 GB in float32). When K is singular (a Cholesky pivot at or below
-  ``n * eps * max diag K``, e.g. equal images; or the linear kernel with n > feature dimension,
-  where K has rank <= dimension by construction) the result says ``singular: true`` and alpha is
-  the minimum-norm least-squares solution ``K^+ Y``, with numpy's cut-off: eigenvalues below
-  ``n * eps * max`` are dropped (an eigendecomposition of K; for the linear kernel an SVD of the
-  n x D feature matrix).
-- ``ridge = lam > 0``: ``(K + lam I) alpha = Y`` for comparison (the paper: 15% vs 17% on CIFAR-10).
+- ``ridge = 0``: ``K alpha = Y``, the interpolant, by the ``cholesky_pcg`` solver, in K's dtype for
+  storage (float32: n = 60,000 takes 13.4 GiB) and float64 where accuracy needs it:
 
-Reported: train error (0 when interpolating: the predictions are recomputed as ``K alpha`` from
-the features, not taken from the solve), test error, and the norm ``sqrt(tr(alpha^T K alpha))`` of
-the function (the RKHS norm; for the linear kernel the Frobenius norm of ``W = X^T alpha``).
+  1. K is computed by row blocks into the lower triangle of one n x n array and copied onto its
+     upper triangle (:func:`mirror_lower`); its diagonal is kept as a vector.
+  2. The lower triangle is factored in place, ``L L^T = K + shift I`` (LAPACK ?potrf, which leaves
+     the upper triangle, K, untouched). In float32 K itself is not positive definite to working
+     precision (its smallest eigenvalues are far below eps32 * lambda_max), so the shift starts at
+     eps * lambda_max (lambda_max bounded by the largest row sum), the size of the factorization's
+     own backward error, and grows 10x after a failed pivot (the lower triangle is restored from the
+     upper one). float64 tries shift 0 first.
+  3. Mixed-precision iterative refinement: the residual ``R = Y - K alpha`` is accumulated in float64
+     from the stored K (:func:`sym_matvec64`), the correction ``K d = R`` is solved by preconditioned
+     conjugate gradients (products with K in float32 by BLAS ?symm on the upper triangle, the
+     preconditioner two triangular solves with L), and ``alpha += d``, until ``max |R| <= tol``
+     (default 1e-3: with one-hot targets, 0.5 already classifies every training sample as its label).
+     CG stops when 25 iterations bring no new lowest residual, and a refinement that raises the
+     residual is undone: a system that cannot be interpolated in this precision (or at all: equal
+     samples with different labels) ends unconverged, never as a fit.
 
-The Gram matrix is computed by row blocks, only its lower triangle (all that Cholesky and the
-eigendecomposition read), so the work is n^2 D flops; everything runs on any torch device.
+  The result records the shift, the iterations (per label set: the iterations until its residual met
+  the tolerance), the residual on the stored K and, recomputed in float64 from the features (not from
+  the stored matrix), the residual of the function itself, with its bound
+  ``tol + e_K ||alpha||_1`` (:func:`gram_entry_error_bound`: how far a stored entry may be from
+  k(x_i, x_j)).
+- the linear kernel with n > feature dimension D and ridge 0: rank(K) <= D < n, no interpolant in
+  general: the least-squares ``K^+ Y`` from the SVD of the features (K never formed), singular values
+  of F at or below max(n, D) * eps * the largest dropped (``svd_pinv``, ``singular: true``).
+- ``ridge = lam > 0``: ``(K + lam I) alpha = Y`` by the same solver, for comparison (the paper: 15%
+  vs 17% on CIFAR-10).
+
+Reported: train error (the predictions recomputed as ``K alpha`` from the features in float64),
+test error, and the norm ``sqrt(tr(alpha^T K alpha))`` of the function (the RKHS norm; for the
+linear kernel the Frobenius norm of ``W = X^T alpha``). Everything runs on the CPU; on CUDA only
+the linear kernel's SVD route (torch's CUDA Cholesky clears the triangle that holds K).
 """
 
 from __future__ import annotations
@@ -174,6 +195,7 @@ class Solution:
     factor_attempts: list[str] | None = None
     refinements: int | None = None  # float64 residuals after the first
     seconds: dict | None = None  # gram (with the mirror copy), factor (all attempts), cg
+    stored_max_residual_narrow: float | None = None  # the same, the products accumulated in the stored dtype
 
 
 def _pinv_cutoff_singular_values(n: int, dim: int, dtype: torch.dtype, largest: float) -> float:
@@ -304,7 +326,7 @@ def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: float, max_iter: int,
-        inner_reduction: float = 1e-2, max_outer: int = 8):
+        inner_reduction: float = 1e-2, max_outer: int = 8, L: torch.Tensor | None = None):
     """K alpha = Y by mixed-precision iterative refinement: the residual R = Y - K alpha with float64
     accumulation (:func:`sym_matvec64`), then the correction K d = R by preconditioned conjugate
     gradients (each column its own CG, run side by side; float64 vectors, products with K in A's
@@ -317,8 +339,9 @@ def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: f
 
     Returns (alpha, CG iterations in all, max |R| of the last outer residual, per column the
     cumulative CG iteration at which its residual first met tol (0: at the start; -1: never),
-    refinement steps).
+    refinement steps). ``L``: the array whose lower triangle holds the factor, when not A's own.
     """
+    L = A if L is None else L
     Y = Y.to(torch.float64)
     m = Y.shape[1]
     X = torch.zeros_like(Y)
@@ -338,7 +361,7 @@ def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: f
         target = torch.clamp(col * inner_reduction, min=0.5 * tol)
         D = torch.zeros_like(R)
         Rin = R.clone()
-        Z = _precond(A, Rin)
+        Z = _precond(L, Rin)
         P = Z.clone()
         rz = (Rin * Z).sum(0)
         best, since = float("inf"), 0
@@ -361,7 +384,7 @@ def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: f
                 since += 1
             if since >= STALL:  # no progress: the system cannot be solved in this precision
                 break
-            Z = _precond(A, Rin)
+            Z = _precond(L, Rin)
             rz_new = (Rin * Z).sum(0)
             P = Z + _safe_div(rz_new, rz) * P
             rz = rz_new
@@ -391,12 +414,14 @@ def left_singular(F: torch.Tensor, via_qr: bool) -> tuple[torch.Tensor, torch.Te
     return Q @ Ur, S
 
 
-def factor_shifted(A: torch.Tensor, diag: torch.Tensor, block: int, attempts: int = 4) -> tuple[float, list[str]]:
+def factor_shifted(A: torch.Tensor, diag: torch.Tensor, block: int, attempts: int = 4,
+                   target: torch.Tensor | None = None) -> tuple[float, list[str]]:
     """Factor K + shift I in A's lower triangle (A's strictly upper triangle holds K, ``diag`` its
     diagonal), starting from shift = SHIFT_EPS_UNITS * eps * lambda_max and multiplying it by 10 after
     each failed factorization (the lower triangle is restored from the upper one in between).
     float64 tries shift 0 first: its rounding (eps64 * lambda_max) is far below the kernels' smallest
-    eigenvalues at the sizes it fits in memory. Returns the shift and what each attempt met."""
+    eigenvalues at the sizes it fits in memory. ``target``: factor into this array (a copy of A)
+    instead, leaving A whole. Returns the shift and what each attempt met."""
     n = len(A)
     eps = torch.finfo(A.dtype).eps
     lam = _lambda_max_bound(A, diag, block)
@@ -404,10 +429,13 @@ def factor_shifted(A: torch.Tensor, diag: torch.Tensor, block: int, attempts: in
     shifts = ([0.0] if A.dtype == torch.float64 else []) + [base * 10**k for k in range(attempts)]
     said = []
     for k, shift in enumerate(shifts):
-        if k:
+        if target is not None:
+            target.copy_(A)
+        elif k:
             restore_lower(A, diag, block)
-        A.diagonal().copy_(diag + shift)
-        info = cholesky_inplace(A)
+        M = A if target is None else target
+        M.diagonal().copy_(diag + shift)
+        info = cholesky_inplace(M)
         if info == 0:
             said.append(f"K + {shift:.3g} I factored")
             return shift, said
@@ -423,9 +451,12 @@ class KernelNotInterpolated(RuntimeError):
 
 def solve_min_norm(
     F: torch.Tensor, Y: torch.Tensor, kernel: str, gamma: float, ridge: float, block: int, budget_bytes: float,
-    tol: float = TOL, max_iter: int = MAX_ITER,
+    tol: float = TOL, max_iter: int = MAX_ITER, keep_k_apart: bool | None = None,
 ) -> Solution:
-    """alpha with (K + ridge I) alpha = Y (see the module docstring)."""
+    """alpha with (K + ridge I) alpha = Y (see the module docstring).
+
+    ``keep_k_apart`` (default: off the CPU): factor a copy of K (2 n^2 of memory) instead of K's own
+    lower triangle; torch's CUDA Cholesky clears the other triangle, where the CPU route keeps K."""
     n, dim = F.shape
     if solves_by_svd(kernel, ridge, n, dim):
         # rank(K) <= dim < n: K^+ = U S^-2 U^T from the SVD of F, never forming K.
@@ -443,17 +474,18 @@ def solve_min_norm(
     mirror_lower(A, block)
     diag = A.diagonal().to(torch.float64) + ridge
     t1 = time.perf_counter()
-    if F.device.type != "cpu":  # torch's factorization zeroes the other triangle: keep K aside
-        raise KernelMemoryError("the float32 interpolation solver keeps K beside its factor, which torch's CUDA "
-                                "Cholesky overwrites; run on the CPU (--device cpu)")
+    apart = (F.device.type != "cpu") if keep_k_apart is None else keep_k_apart
+    L = torch.empty_like(A) if apart else None
     try:
-        shift, said = factor_shifted(A, diag, block)
+        shift, said = factor_shifted(A, diag, block, target=L)
     except KernelNotInterpolated as e:
         return Solution(torch.zeros_like(Y), "cholesky_pcg", False, None, str(e), converged=False,
                         stored_max_residual=float(Y.abs().max()), iterations=0, factor_attempts=[str(e)])
     t2 = time.perf_counter()
-    alpha, iters, res, first, outer = pcg(A, diag, Y, wide_block(block, n), tol, max_iter)
-    del A
+    alpha, iters, res, first, outer = pcg(A, diag, Y, wide_block(block, n), tol, max_iter, L=L)
+    # the same residual with the products in A's dtype: what a solver without float64 accumulation would see
+    res_narrow = float((Y.to(A.dtype) - sym_matvec(A, diag, alpha, wide_block(block, n), wide=False)).abs().max())
+    del A, L
     seconds = {"gram": t1 - t0, "factor": t2 - t1, "cg": time.perf_counter() - t2}
     converged = res <= tol
     what = (f"{'; '.join(said)} in {str(F.dtype)[6:]} as the preconditioner; conjugate gradients with float64 "
@@ -461,7 +493,8 @@ def solve_min_norm(
             f"{'<=' if converged else '>'} tolerance {tol:g} in {iters} iterations ({outer} refinement steps)")
     return Solution(alpha, "cholesky_pcg", False, None, what,
                     shift=shift, iterations=iters, converged=converged, stored_max_residual=res,
-                    column_iterations=first, factor_attempts=said, refinements=outer, seconds=seconds)
+                    column_iterations=first, factor_attempts=said, refinements=outer, seconds=seconds,
+                    stored_max_residual_narrow=res_narrow)
 
 
 def gram_entry_error_bound(F: torch.Tensor, kernel: str, gamma: float) -> float:
@@ -503,10 +536,12 @@ def available_bytes(device: torch.device) -> float:
 
 
 def plan_block(n: int, n_query: int, dim: int, item: int, budget_bytes: float, block: int | None = None,
-               forms_k: bool = True) -> int:
-    """Rows per Gram block such that K (or, where K is never formed, the SVD's n x D factor) + the
-    features + one block fit the budget (or an error)."""
-    big, what = (n * n, "K") if forms_k else (n * dim, "the SVD of the features")
+               forms_k: bool = True, copies: int = 1) -> int:
+    """Rows per Gram block such that K (``copies`` n x n arrays: 2 where the factor is kept apart from
+    K) or, where K is never formed, the SVD's n x D factor, + the features + one block fit the budget
+    (or an error)."""
+    big, what = ((copies * n * n, "K" if copies == 1 else "K and its factor") if forms_k
+                 else (n * dim, "the SVD of the features"))
     fixed = (big + (n + n_query) * dim) * item
     if fixed > budget_bytes:
         hint = "lower max_train, use float32, or raise the budget" if item > 4 else "lower max_train or raise the budget"
@@ -557,7 +592,8 @@ def interpolate(
     n, dim = F.shape
     gamma = default_gamma(F, kernel) if (gamma is None and kernel != "linear") else (gamma or 0.0)
     budget = budget_bytes if budget_bytes is not None else 0.8 * available_bytes(F.device)
-    blk = plan_block(n, n_query, dim, F.element_size(), budget, block, forms_k=not solves_by_svd(kernel, ridge, n, dim))
+    blk = plan_block(n, n_query, dim, F.element_size(), budget, block, forms_k=not solves_by_svd(kernel, ridge, n, dim),
+                     copies=1 if F.device.type == "cpu" else 2)
     t0 = time.perf_counter()
     sol = solve_min_norm(F, Y.to(F.dtype), kernel, gamma, ridge, blk, budget, tol=tol, max_iter=max_iter)
     if F.device.type == "cuda":
