@@ -150,8 +150,8 @@ def _residual(v) -> str:
 
 
 def kernel_figure(rows: list[dict], out: Path) -> None:
-    """The kernel analog of Figures 1b and 1c: CG iterations to fit (relative to the true labels) and
-    test error, for every corruption, one bar per kernel."""
+    """The kernel analog of Figures 1b and 1c: CG iterations to fit (relative to the true labels),
+    test error and the interpolant's norm, for every corruption, one bar per kernel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +159,7 @@ def kernel_figure(rows: list[dict], out: Path) -> None:
 
     kernels = sorted({r["kernel"] for r in rows})
     cats = [c for c in LABEL_ORDER if any(r["label_set"] == c for r in rows)]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
     width = 0.8 / max(1, len(kernels))
     for i, kern in enumerate(kernels):
         got = {r["label_set"]: r for r in rows if r["kernel"] == kern}
@@ -171,12 +171,15 @@ def kernel_figure(rows: list[dict], out: Path) -> None:
         n = next(iter(got.values()))["n_train"]
         axes[0].bar(xs, rel, width, label=f"{kern} (n={n:,})")
         axes[1].bar(xs, err, width, label=f"{kern} (n={n:,})")
+        axes[2].bar(xs, [got[c]["norm"] if c in got else 0 for c in cats], width, label=f"{kern} (n={n:,})")
     for ax, title, ylabel in ((axes[0], "kernels: conjugate-gradient iterations to fit (cf. Figure 1b)",
                                "iterations / iterations with true labels"),
-                              (axes[1], "kernels: test error of the interpolant (cf. Figure 1c)", "test error %")):
+                              (axes[1], "kernels: test error of the interpolant (cf. Figure 1c)", "test error %"),
+                              (axes[2], "kernels: norm of the interpolant", "sqrt(alpha^T K alpha)")):
         ax.set_xticks(range(len(cats)))
         ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
-        ax.set(title=title, ylabel=ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -235,7 +238,7 @@ def kernel_section(kdir: Path, figs: Path, fig_rel: str, regenerated: str = "") 
         w("")
     rand = []
     for f in sorted(kdir.glob("rand-*.json")):
-        rand.extend(_kernel_rows(json.loads(f.read_text())))
+        rand.extend({**r, "run": f.stem} for r in _kernel_rows(json.loads(f.read_text())))
     w("### The kernel's randomization test")
     w("")
     w("Every label-corruption level from one factorization of K (`--also-levels`), each pixel corruption its own "
@@ -255,7 +258,7 @@ def kernel_section(kdir: Path, figs: Path, fig_rel: str, regenerated: str = "") 
           f"{r['norm']:.1f} | {num(it)} | {num(it / base if it and base else None, '{:.2f}')} | "
           f"{_residual(r['max_fit_residual'])} | {_residual(r.get('residual_bound'))} | "
           f"{'yes' if r['interpolated'] else '**no**'} | {r['gram_solve_seconds']:.0f} | {r['peak_rss_gib']:.1f} | "
-          f"`{r['kernel']}`, `{r['corruption']}` |")
+          f"`{r['run']}` |")
     w("")
     if rand:
         figs.mkdir(parents=True, exist_ok=True)
