@@ -127,10 +127,11 @@ def test_cli_and_one_line_errors(tmp_path, capsys):
     capsys.readouterr()
     bad = tmp_path / "bad.json"
     for argv in (["--kernel", "poly"], ["--max-train", "300", "--memory-gb", "0.0001"], ["--level", "0.5"],
-                 ["--features", "random_conv", "--filter-size", "9"]):
+                 ["--features", "random_conv", "--filter-size", "9"], ["--tol", "0"], ["--max-iter", "0"]):
         assert main(["kernel", *argv, "--json", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("rethink-dist: error: ") for line in err)
+    assert len(err) == 6 and all(line.startswith("rethink-dist: error: ") for line in err)
+    assert "tol must be > 0" in err[4] and "max_iter must be an integer >= 1" in err[5]
     assert "kernel='poly' is not valid; valid: linear, rbf, laplacian" in err[0]
     assert "over the budget" in err[1]
     assert "filter_size=9 is larger than the 8x8 images" in err[3]
