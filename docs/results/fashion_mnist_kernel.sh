@@ -4,10 +4,12 @@
 # peak) to <name>.err. A solve whose JSON exists is not redone; a failed one keeps its .err (a rerun
 # moves it to .err.1).
 #
-# - bench-60k: the unregularized RBF interpolant of all 60,000 training images (true labels) by the
+# - rbf-60k: the unregularized RBF interpolant of all 60,000 training images (true labels) by the
 #   interpolation solver (float32 Gram matrix, Cholesky of K + shift I as the preconditioner of
-#   conjugate gradients with float64 residuals), beside one plain float32 torch Cholesky of the same
-#   matrix, each in its own process, in one bench run (bench/kernel.py); K alone is 13.4 GiB.
+#   conjugate gradients with float64 residuals); K alone is 13.4 GiB. Its JSON times each step, the
+#   factorization (one float32 LAPACK Cholesky) among them.
+# - bench-60k (`bash docs/results/fashion_mnist_kernel.sh bench`, last): the same solve beside one
+#   plain float32 torch Cholesky of the same matrix, each in its own process (bench/kernel.py).
 # - rand-*: the kernel's randomization test at n = RAND_N (default 10,000) training images, every
 #   label-corruption level from one factorization (--also-levels), and each pixel corruption (which
 #   changes K: one solve each), for the RBF and the Laplacian kernel.
@@ -28,6 +30,9 @@ run() {
 }
 kernel() { name=$1; shift; run $name .venv/bin/rethink-dist kernel --dataset fashion_mnist --dtype float32 "$@"; }
 full() {
+  kernel rbf-60k --kernel rbf --device cpu
+}
+bench() {
   run bench-60k .venv/bin/python bench/kernel.py --dataset fashion_mnist --sizes 60000 --interpolate
 }
 small() {
@@ -39,5 +44,10 @@ small() {
   done
   kernel linear --kernel linear --also-levels 1.0
 }
-if [ "${1:-all}" != small ]; then full; fi
-if [ "${1:-all}" != full ]; then small; fi
+case "${1:-all}" in
+  full) full ;;
+  small) small ;;
+  bench) bench ;;
+  all) full; small; bench ;;
+  *) echo "usage: $0 [all | full | small | bench]" >&2; exit 2 ;;
+esac
