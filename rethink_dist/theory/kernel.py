@@ -210,21 +210,44 @@ def _pinv_cutoff_singular_values(n: int, dim: int, dtype: torch.dtype, largest: 
     return max(n, dim) * torch.finfo(dtype).eps * largest
 
 
+def _lapack_potrf(dtype: torch.dtype):
+    """LAPACK's ?potrf as torch itself links it (MKL, inside libtorch_cpu), or None where this torch
+    build does not export it."""
+    import ctypes
+    import os
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        return getattr(lib, "spotrf_" if dtype == torch.float32 else "dpotrf_")
+    except (OSError, AttributeError):
+        return None
+
+
 def cholesky_inplace(K: torch.Tensor) -> int:
     """Overwrite the lower triangle of the row-major K with L (L L^T = K), leaving the strictly upper
     triangle as it was; 0 or the failing row.
 
     LAPACK is column-major: the transpose of the row-major K is column-major and its upper triangle
     is K's lower one, so ?potrf factors it truly in place (no copy of the n x n array). On the CPU
-    this calls LAPACK through scipy with ``clean=0``: torch.linalg.cholesky zeroes the other
-    triangle, where the solver keeps K itself.
+    this calls the LAPACK routine that torch.linalg.cholesky calls (MKL's, from libtorch_cpu) directly:
+    torch.linalg.cholesky zeroes the other triangle, where the solver keeps K. (scipy's LAPACK, the
+    fallback where torch exports none, crashed on the 60,000 x 60,000 float32 matrix.)
     """
     if K.device.type == "cpu":
+        import ctypes
+
+        if not K.is_contiguous():
+            raise ValueError("cholesky_inplace needs a contiguous matrix")
+        potrf = _lapack_potrf(K.dtype)
+        if potrf is not None:
+            n, info = ctypes.c_int(len(K)), ctypes.c_int(0)
+            potrf(ctypes.c_char_p(b"U"), ctypes.byref(n), ctypes.c_void_p(K.data_ptr()), ctypes.byref(n),
+                  ctypes.byref(info))
+            return int(info.value)
         from scipy.linalg import lapack
 
         a = K.numpy().T
-        potrf = lapack.spotrf if K.dtype == torch.float32 else lapack.dpotrf
-        c, info = potrf(a, lower=0, clean=0, overwrite_a=1)
+        c, info = (lapack.spotrf if K.dtype == torch.float32 else lapack.dpotrf)(a, lower=0, clean=0, overwrite_a=1)
         if not np.shares_memory(c, a):  # a copy would double the memory: never silently
             raise RuntimeError("LAPACK potrf copied the Gram matrix")
         return int(info)
