@@ -230,8 +230,9 @@ def cholesky_inplace(K: torch.Tensor) -> int:
     LAPACK is column-major: the transpose of the row-major K is column-major and its upper triangle
     is K's lower one, so ?potrf factors it truly in place (no copy of the n x n array). On the CPU
     this calls the LAPACK routine that torch.linalg.cholesky calls (MKL's, from libtorch_cpu) directly:
-    torch.linalg.cholesky zeroes the other triangle, where the solver keeps K. (scipy's LAPACK, the
-    fallback where torch exports none, crashed on the 60,000 x 60,000 float32 matrix.)
+    torch.linalg.cholesky zeroes the other triangle, where the solver keeps K. (scipy's LAPACK is the
+    fallback where torch exports none; a 60,000-image solve through it ended in a segmentation fault,
+    while MKL's routine is the one torch.linalg.cholesky has run at that size.)
     """
     if K.device.type == "cpu":
         import ctypes
