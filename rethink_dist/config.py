@@ -287,7 +287,7 @@ class TrialConfig:
 
 # ---------------------------------------------------------------------------------- theory trials
 THEORY_DTYPES = ("float32", "float64")
-KERNELS = ("linear", "rbf")
+KERNELS = ("linear", "rbf", "laplacian")
 KERNEL_FEATURES = ("raw", "random_conv")
 EXPRESSIVITY_TARGETS = ("gaussian", "labels")
 EXPRESSIVITY_A = ("auto", "spaced", "random")  # rethink_dist.theory.expressivity explains each
@@ -364,8 +364,9 @@ class KernelConfig(_TheoryOptions):
     KIND = "kernel"
     dataset: str = "digits"
     data_root: str | None = None
-    kernel: str = "rbf"  # linear | rbf
-    gamma: float | None = None  # rbf width; None: 1 / (D * Var(features)) (scikit-learn's 'scale')
+    kernel: str = "rbf"  # linear | rbf (exp(-gamma |x - y|^2)) | laplacian (exp(-gamma |x - y|))
+    # width; None: rbf 1 / (D * Var(features)) (scikit-learn's 'scale'), laplacian its square root
+    gamma: float | None = None
     features: str = "raw"  # raw (pixels / 255) | random_conv
     num_filters: int = 256  # random_conv: filters of the random convolutional layer
     filter_size: int = 5
@@ -383,20 +384,24 @@ class KernelConfig(_TheoryOptions):
     memory_gb: float | None = None  # budget for K, features and blocks; None: 80% of the free memory
     block_size: int | None = None  # Gram rows per block; None: from the budget
     seed: int = 0  # the random filters
+    # the interpolation solver (rethink_dist.theory.kernel): the largest |(K + ridge I) alpha - Y| it
+    # may leave on the stored Gram matrix, and its most conjugate-gradient iterations
+    tol: float = 1e-3
+    max_iter: int = 200
 
     def validate(self) -> None:
         _choice("kernel", self.kernel, KERNELS)
         _choice("features", self.features, KERNEL_FEATURES)
         _choice("dtype", self.dtype, THEORY_DTYPES)
         _choice("device", self.device, DEVICES)
-        for key in ("gamma", "memory_gb"):
+        for key in ("gamma", "memory_gb", "tol"):
             if getattr(self, key) is not None:
                 _positive(key, getattr(self, key))
         for key in ("ridge", "level"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise ConfigError(f"{key} must be a finite number >= 0, got {getattr(self, key)!r}")
         for key, lo in (("num_filters", 1), ("filter_size", 1), ("pool", 1), ("max_train", 1), ("block_size", 1),
-                        ("seed", 0), ("corruption_seed", 0)):
+                        ("seed", 0), ("corruption_seed", 0), ("max_iter", 1)):
             _at_least(key, getattr(self, key), lo)
         levels = self.also_levels
         if levels is not None:
@@ -406,8 +411,8 @@ class KernelConfig(_TheoryOptions):
             if self.corruption not in ("none", "labels"):
                 raise ConfigError(f"also_levels needs corruption 'none' or 'labels' (a pixel corruption changes K), "
                                   f"not {self.corruption!r}")
-        if self.gamma is not None and self.kernel != "rbf":
-            raise ConfigError(f"gamma={self.gamma} only applies to kernel='rbf', not {self.kernel!r}")
+        if self.gamma is not None and self.kernel == "linear":
+            raise ConfigError(f"gamma={self.gamma} only applies to kernel='rbf' or 'laplacian', not {self.kernel!r}")
         self.data_config()
 
     def data_config(self) -> TrialConfig:

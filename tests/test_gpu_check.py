@@ -79,7 +79,7 @@ def test_gpu_check_smoke_writes_every_section_with_finite_numbers_and_its_verdic
             assert row["images_per_s"] > 0 and row["eval_seconds"] > 0 and row["of_ceiling"] > 0
     assert set(d["sharing"]) >= {"procs_1", "procs_4"} and d["sharing"]["procs_1"]["speedup_vs_one"] == 1.0
     assert d["inception_v3"]["batch_2"]["images_per_s"] > 0
-    assert d["kernel"]["solver"] == "cholesky" and d["kernel"]["train_error"] == 0.0
+    assert d["kernel"]["solver"] == "cholesky_pcg" and d["kernel"]["train_error"] == 0.0
     bad = [(p, v) for p, v in _numbers({k: v for k, v in d.items() if k != "expectations"}) if v is None or not math.isfinite(v)]
     # None where the record means "none": a trial's unset config fields, unfitted steps_to_fit, the
     # clean/corrupted split where no label changed

@@ -323,6 +323,211 @@ def replace_blocks(text: str, blocks: dict[str, list[str]]) -> str:
     return text
 
 
+KERNEL_HEADING = "## Minimum-norm kernel interpolation on every training image (section 5)"
+LABEL_ORDER = ("true labels", "labels p=0.2", "labels p=0.4", "labels p=0.6", "labels p=0.8", "random labels",
+               "shuffled pixels", "random pixels", "gaussian")
+
+
+def _corruption_name(corruption: str, level: float) -> str:
+    if corruption == "labels":
+        return "random labels" if level == 1 else f"labels p={level:g}"
+    return {"none": "true labels", "shuffled_pixels": "shuffled pixels", "random_pixels": "random pixels"}.get(
+        corruption, corruption)
+
+
+def _kernel_rows(k: dict) -> list[dict]:
+    """One row per label set of a kernel JSON: its own corruption and each of its also_levels."""
+    rows = [{**k, "label_set": _corruption_name(k["corruption"], k["level"])}]
+    for extra in k.get("also_levels") or []:
+        rows.append({**k, **extra, "label_set": _corruption_name("labels" if extra["level"] > 0 else "none",
+                                                                  extra["level"])})
+    return rows
+
+
+def _residual(v) -> str:
+    return "—" if v is None else f"{v:.2g}"
+
+
+def kernel_figure(rows: list[dict], out: Path) -> None:
+    """The kernel analog of Figures 1b and 1c: CG iterations to fit (relative to the true labels),
+    test error and the interpolant's norm, for every corruption, one bar per kernel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kernels = sorted({r["kernel"] for r in rows})
+    cats = [c for c in LABEL_ORDER if any(r["label_set"] == c for r in rows)]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
+    width = 0.8 / max(1, len(kernels))
+    for i, kern in enumerate(kernels):
+        got = {r["label_set"]: r for r in rows if r["kernel"] == kern}
+        ref = (got.get("true labels") or {}).get("iterations_to_fit")
+        xs = [j + (i - (len(kernels) - 1) / 2) * width for j in range(len(cats))]
+        rel = [(got[c]["iterations_to_fit"] / ref) if c in got and ref and got[c].get("iterations_to_fit") else 0
+               for c in cats]
+        err = [100 * got[c]["test_error"] if c in got else 0 for c in cats]
+        n = next(iter(got.values()))["n_train"]
+        axes[0].bar(xs, rel, width, label=f"{kern} (n={n:,})")
+        axes[1].bar(xs, err, width, label=f"{kern} (n={n:,})")
+        axes[2].bar(xs, [got[c]["norm"] if c in got else 0 for c in cats], width, label=f"{kern} (n={n:,})")
+    for ax, title, ylabel in ((axes[0], "kernels: conjugate-gradient iterations to fit (cf. Figure 1b)",
+                               "iterations / iterations with true labels"),
+                              (axes[1], "kernels: test error of the interpolant (cf. Figure 1c)", "test error %"),
+                              (axes[2], "kernels: norm of the interpolant", "sqrt(alpha^T K alpha)")):
+        ax.set_xticks(range(len(cats)))
+        ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def kernel_section(kdir: Path, figs: Path, fig_rel: str, regenerated: str = "") -> list[str]:
+    """The kernel section of the document, from the JSONs that docs/results/fashion_mnist_kernel.sh wrote."""
+    L = []
+    w = L.append
+    w(KERNEL_HEADING)
+    w("")
+    if regenerated:
+        w(regenerated)
+        w("")
+    w("Raw pixels / 255, `rethink-dist kernel --dataset fashion_mnist` and `bench/kernel.py` "
+      "(docs/results/fashion_mnist_kernel.sh; the solver: docs/theory.md). Residuals: max |K α − Y| over all "
+      "training samples and classes, K recomputed in float64 from the features (not the stored float32 matrix); "
+      "bound: the solver's tolerance on the stored matrix + e_K ‖α‖₁ (e_K: how far a stored entry may be "
+      "from k(x_i, x_j)); train error 0 needs < 0.5. Peak memory: the process's measured peak resident set "
+      "(getrusage; `/usr/bin/time -v`'s 'Maximum resident set size' is in the .err files beside the JSONs).")
+    w("")
+    w("### The unregularized interpolant of all 60,000 training images")
+    w("")
+    heads = []
+    for f in sorted(kdir.glob("*.json")):
+        if f.name.startswith(("rand-", "bench-")):
+            continue
+        k = json.loads(f.read_text())
+        if k["n_train"] == 60000 and not k["ridge"] and k["corruption"] == "none" and k["kernel"] != "linear":
+            heads.append((f, k))
+    if heads:
+        w("The factor step is one float32 LAPACK Cholesky factorization of K + shift I (plus the bound on "
+          "λ_max, one pass over K), timed inside the same run; solve / factor compares the whole solve with it.")
+        w("")
+        w("| kernel | labels | n | dtype | solver | shift | CG iterations (refinements) | train error % | test error % | "
+          "norm | max residual | its bound | relative residual | stored-K residual: float64 / float32 products | "
+          "seconds: Gram / factor / CG | solve seconds | solve / factor | seconds (all, with the float64 checks) | "
+          "peak memory GiB | run |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for f, r in heads:
+            st = r.get("solve_seconds_by_step") or {}
+            w(f"| {r['kernel']} | true | {r['n_train']:,} | {r['dtype']} | {r['solver']} | {num(r['shift'], '{:.2g}')} | "
+              f"{r['iterations']} ({r['refinements']}) | {pct(r['train_error'])} | {pct(r['test_error'])} | "
+              f"{r['norm']:.1f} | {_residual(r['max_fit_residual'])} | {_residual(r['residual_bound'])} | "
+              f"{_residual(r['relative_residual'])} | {_residual(r['stored_max_residual'])} / "
+              f"{_residual(r.get('stored_max_residual_narrow_products'))} | {num(st.get('gram'))} / "
+              f"{num(st.get('factor'))} / {num(st.get('cg'))} | {r['gram_solve_seconds']:.0f} | "
+              f"{num(r['gram_solve_seconds'] / st['factor'] if st.get('factor') else None, '{:.2f}')} | "
+              f"{r['seconds']:.0f} | {r['peak_rss_gib']:.1f} | `{f.stem}` |")
+        w("")
+        for f, r in heads:
+            w(f"- `{f.stem}`: {r['solver_detail']}.")
+        w("")
+    else:
+        w(f"(not run: no unregularized 60,000-image solve in {kdir})")
+        w("")
+    bench = kdir / "bench-60k.json"
+    if bench.is_file():
+        b = json.loads(bench.read_text())
+        chol = {r["n"]: r for r in b["runs"]}
+        w(f"Beside one plain float32 `torch.linalg.cholesky` of the same K + shift I, each in its own process: "
+          f"`.venv/bin/python bench/kernel.py --dataset fashion_mnist --sizes 60000 --interpolate`, run "
+          f"{b.get('date', '—')} on {b.get('machine', '—')}.")
+        w("")
+        w("| n | solve seconds | torch float32 Cholesky seconds | solve / Cholesky | (factor + CG) / Cholesky | "
+          "peak memory GiB: solve / Cholesky run | train error % | max residual |")
+        w("|---|---|---|---|---|---|---|---|")
+        for sv in b.get("interpolation_solves", []):
+            r, c = sv["result"], chol.get(sv["n"], {})
+            st = r.get("solve_seconds_by_step") or {}
+            ch = c.get("cholesky_seconds")
+            w(f"| {sv['n']:,} | {r['gram_solve_seconds']:.0f} | {num(ch)} | "
+              f"{num(r['gram_solve_seconds'] / ch if ch else None, '{:.2f}')} | "
+              f"{num((st['factor'] + st['cg']) / ch if ch and st else None, '{:.2f}')} | "
+              f"{sv['peak_rss_bytes'] / 2**30:.1f} / {num(c.get('peak_rss_bytes', 0) / 2**30, '{:.1f}')} | "
+              f"{pct(r['train_error'])} | {_residual(r['max_fit_residual'])} |")
+        w("")
+    rand = []
+    for f in sorted(kdir.glob("rand-*.json")):
+        rand.extend({**r, "run": f.stem} for r in _kernel_rows(json.loads(f.read_text())))
+    w("### The kernel's randomization test")
+    w("")
+    w("Every label-corruption level from one factorization of K (`--also-levels`), each pixel corruption its own "
+      "solve, the networks' corruption module. Iterations to fit: the conjugate-gradient iterations until that "
+      "label set's residual met the tolerance; relative: divided by the true labels' (the kernel analog of "
+      "Figure 1b).")
+    w("")
+    w("| kernel | corruption | n | train error % | test error % | norm | CG iterations to fit | relative | "
+      "max residual | its bound | interpolated | seconds (Gram + solve) | peak memory GiB | run |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    order = {c: i for i, c in enumerate(LABEL_ORDER)}
+    rand.sort(key=lambda r: (r["kernel"] != "rbf", r["kernel"], order.get(r["label_set"], 99)))
+    ref = {r["kernel"]: r.get("iterations_to_fit") for r in rand if r["label_set"] == "true labels"}
+    for r in rand:
+        it, base = r.get("iterations_to_fit"), ref.get(r["kernel"])
+        w(f"| {r['kernel']} | {r['label_set']} | {r['n_train']:,} | {pct(r['train_error'])} | {pct(r['test_error'])} | "
+          f"{r['norm']:.1f} | {num(it)} | {num(it / base if it and base else None, '{:.2f}')} | "
+          f"{_residual(r['max_fit_residual'])} | {_residual(r.get('residual_bound'))} | "
+          f"{'yes' if r['interpolated'] else '**no**'} | {r['gram_solve_seconds']:.0f} | {r['peak_rss_gib']:.1f} | "
+          f"`{r['run']}` |")
+    w("")
+    if rand:
+        figs.mkdir(parents=True, exist_ok=True)
+        kernel_figure(rand, figs / "kernel_fig1.png")
+        w("The networks' Figure 1b and 1c (the sweep above) beside the kernels':")
+        w("")
+        w(f"![Figure 1b: networks]({fig_rel}/fig1b.png) ![Figure 1c: networks]({fig_rel}/fig1c.png)")
+        w("")
+        w(f"![Figures 1b and 1c: kernels]({fig_rel}/kernel_fig1.png)")
+        w("")
+    others = [f for f in sorted(kdir.glob("*.json")) if not f.name.startswith(("rand-", "bench-"))]
+    if others:
+        w("### Other solves")
+        w("")
+        w("| kernel | labels | n | features | dtype | solver | train error % | test error % | norm | max residual | "
+          "interpolated | seconds (Gram + solve) | peak memory GiB | note |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for f in others:
+            for r in _kernel_rows(json.loads(f.read_text())):
+                w(f"| {r['kernel']} | {r['label_set']} | {r['n_train']:,} | {r['feature_dim']} | {r['dtype']} | "
+                  f"{r['solver']} | {pct(r['train_error'])} | {pct(r['test_error'])} | {r['norm']:.1f} | "
+                  f"{_residual(r['max_fit_residual'])} | {'yes' if r['interpolated'] else '**no**'} | "
+                  f"{r['gram_solve_seconds']:.0f} | {r['peak_rss_gib']:.1f} | {r['solver_detail']}; `{f.stem}` |")
+        w("")
+    return L
+
+
+def splice_kernel_section(doc: Path, kdir: Path, figs: Path, fig_rel: str) -> int:
+    """Replace the kernel section (from its heading to the end) of the existing document."""
+    from rethink_dist.files import atomic_path
+
+    text = doc.read_text() if doc.is_file() else ""
+    if KERNEL_HEADING not in text:
+        print(f"fashion_mnist.py: error: {doc} has no kernel section ({KERNEL_HEADING!r}) to replace; "
+              "generate the whole document first", file=sys.stderr)
+        return 2
+    head = text[: text.index(KERNEL_HEADING)]
+    import shlex
+
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    line = (f"This section regenerated alone, {when}, by `.venv/bin/python docs/results/fashion_mnist.py "
+            f"{shlex.join(sys.argv[1:])}` from the kernel JSONs in `{os.path.relpath(kdir, REPO)}`.")
+    with atomic_path(doc) as tmp:
+        tmp.write_text(head + "\n".join(kernel_section(kdir, figs, fig_rel, line)) + "\n")
+    print(f"wrote the kernel section of {doc}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", default=str(REPO / "results/fashion-mnist/fashion"))
@@ -334,9 +539,14 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu", action="append", help=f"the GPU check's JSON (repeatable; default: {GPU_GLOB})")
     ap.add_argument("--gpu-only", action="store_true",
                     help="rewrite only the conv-net (GPU) blocks of the existing doc; the sweep is not read")
+    ap.add_argument("--kernel-only", action="store_true",
+                    help="regenerate only the kernel section (and its figure) of the existing document, from the "
+                         "kernel JSONs alone (the sweep's folder is not read)")
     args = ap.parse_args(argv)
     doc, figs = Path(args.doc), Path(args.figs)
     fig_rel = os.path.relpath(figs, doc.parent)
+    if args.kernel_only:
+        return splice_kernel_section(doc, Path(args.kernel), figs, fig_rel)
     gpu = load_gpu(gpu_files(args.gpu), explicit=bool(args.gpu))
     if args.gpu_only:
         from rethink_dist.files import atomic_path
@@ -506,42 +716,7 @@ def main(argv=None) -> int:
     w("")
 
     # ------------------------------------------------------------------ kernels
-    w("## Minimum-norm kernel interpolation on every training image (section 5)")
-    w("")
-    w("Raw pixels / 255, `rethink-dist kernel --dataset fashion_mnist` (docs/results/fashion_mnist_kernel.sh). "
-      "Peak memory: the process's measured peak resident set (getrusage; `/usr/bin/time -v`'s "
-      "'Maximum resident set size' is in the .err files beside the JSONs).")
-    w("")
-    w("| kernel | labels | n | features | dtype | device | solver | train error % | test error % | norm | "
-      "seconds (Gram + solve) | seconds (all) | peak memory GiB | note |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    kdir = Path(args.kernel)
-    names = sorted({f.name.split(".")[0] for f in kdir.glob("*.json")} | {f.name[:-4] for f in kdir.glob("*.err")})
-    for name in names:
-        f = kdir / f"{name}.json"
-        if not f.is_file():  # failed (or still running): its one-line error, as the command printed it
-            err = (kdir / f"{name}.err").read_text() if (kdir / f"{name}.err").is_file() else ""
-            said = [l for l in err.splitlines() if l.startswith("rethink-dist")]
-            w(f"| {name} | | | | | | no result | | | | | | | "
-              f"{said[0] if said else 'unfinished or failed: see ' + str(kdir / (name + '.err'))} |")
-            continue
-        try:
-            k = json.loads(f.read_text())
-        except json.JSONDecodeError:
-            w(f"| {name} | | | | | | no result | | | | | | | {f} is not valid JSON |")
-            continue
-        labels = "random" if k["corruption"] == "labels" and k["level"] == 1 else "true"
-        note = "; ".join(x for x in (k["singular_detail"], f"ridge {k['ridge']:g}" if k.get("ridge") else "",
-                                     f"`{name}`") if x)
-        head = (f"| {k['kernel']} | {{labels}} | {k['n_train']:,} | {k['feature_dim']} | {k['dtype']} | {k['device']} | "
-                f"{k['solver']} | ")
-        tail = (f" | {k['gram_solve_seconds']:.0f} | {k['seconds']:.0f} | {k['peak_rss_gib']:.1f} | {note} |")
-        w(head.format(labels=labels) + f"{pct(k['train_error'])} | {pct(k['test_error'])} | {k['norm']:.1f}" + tail)
-        for extra in k.get("also_levels") or []:  # solved with the same factorization
-            lv = "random" if extra["level"] == 1 else f"p={extra['level']:g}"
-            w(head.format(labels=f"{lv} (same factorization)") + f"{pct(extra['train_error'])} | "
-              f"{pct(extra['test_error'])} | {extra['norm']:.1f}" + tail)
-    w("")
+    L.extend(kernel_section(Path(args.kernel), figs, fig_rel))
     from rethink_dist.files import atomic_path
 
     with atomic_path(doc) as tmp:

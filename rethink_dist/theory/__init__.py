@@ -141,40 +141,58 @@ def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
     budget = p["memory_gb"] * 2**30 if p["memory_gb"] is not None else None
     try:
         fitted = kn.interpolate(F_tr, Y, kernel=p["kernel"], gamma=p["gamma"], ridge=p["ridge"], budget_bytes=budget,
-                                block=p["block_size"], n_query=len(F_te))
+                                block=p["block_size"], n_query=len(F_te), tol=p["tol"], max_iter=p["max_iter"])
     except kn.KernelMemoryError as e:
         raise ConfigError(str(e)) from None
     t1 = time.perf_counter()
-    test_pred = kn.predict(F_te, F_tr, fitted.alpha, p["kernel"], fitted.gamma, fitted.block)
+    test_pred = kn.predict(F_te, F_tr, fitted.alpha, p["kernel"], fitted.gamma, kn.wide_block(fitted.block, n))
     predict_seconds = fitted.predict_seconds + time.perf_counter() - t1
     k = ds.num_classes
     test_labels = torch.from_numpy(arrays.test_y).to(device)
+    sol = fitted.solution
+    e_k = kn.gram_entry_error_bound(F_tr, p["kernel"], fitted.gamma)
 
-    def block(j: int, labels: np.ndarray) -> dict[str, float]:
-        """Errors, norm and fit residual of the j-th label set's k columns."""
+    def block(j: int, labels: np.ndarray) -> dict[str, Any]:
+        """Errors, norm, residuals and iterations of the j-th label set's k columns."""
         cols = slice(j * k, (j + 1) * k)
-        a, pred, target = fitted.alpha[:, cols], fitted.train_pred[:, cols], Y[:, cols]
-        return {"train_error": float((pred.argmax(1) != torch.from_numpy(labels).to(device)).double().mean()),
-                "test_error": float((test_pred[:, cols].argmax(1) != test_labels).double().mean()),
-                "norm": math.sqrt(max(0.0, float((a * pred).sum()))),
-                "max_fit_residual": float((pred - (target - p["ridge"] * a)).abs().max())}
+        a, pred, target = fitted.alpha[:, cols], fitted.train_pred[:, cols], Y[:, cols].double()
+        res = pred - target  # (K + ridge I) alpha - Y, K from the features in float64
+        its = (sol.column_iterations or [])[cols]
+        bound = kn.residual_bound(a, e_k, p["tol"]) if sol.solver == "cholesky_pcg" else None
+        out = {"train_error": float((pred.argmax(1) != torch.from_numpy(labels).to(device)).double().mean()),
+               "test_error": float((test_pred[:, cols].argmax(1) != test_labels).double().mean()),
+               "norm": math.sqrt(max(0.0, float((a * (pred - p["ridge"] * a)).sum()))),
+               "max_fit_residual": float(res.abs().max()),
+               "relative_residual": float(res.norm() / target.norm()),
+               "residual_bound": bound,
+               "iterations_to_fit": (max(its) if its and min(its) >= 0 else None)}
+        # An interpolant: the solve reached its tolerance and, recomputed from the features, every
+        # entry of K alpha is within 0.5 of its one-hot target (so each sample is classified as its label).
+        out["interpolated"] = bool(p["ridge"] == 0 and sol.converged and out["max_fit_residual"] < 0.5)
+        return out
 
     main = block(0, train_y)
     also = [{"level": lv, "labels_changed": changed, **block(j, y)} for j, (lv, y, changed) in enumerate(extra, 1)]
-    sol = fitted.solution
     return {
         "n_train": n, "n_test": len(arrays.test_y), "train_error": main["train_error"],
         "test_error": main["test_error"], "norm": main["norm"], "seconds": time.perf_counter() - t0,
-        "kind": "kernel", "dataset": p["dataset"], "kernel": p["kernel"], "gamma": fitted.gamma if p["kernel"] == "rbf" else None,
+        "kind": "kernel", "dataset": p["dataset"], "kernel": p["kernel"],
+        "gamma": fitted.gamma if p["kernel"] != "linear" else None,
         "features": p["features"], "feature_dim": int(F_tr.shape[1]),
         "num_filters": p["num_filters"] if p["features"] == "random_conv" else None,
         "ridge": p["ridge"], "corruption": p["corruption"], "level": p["level"],
         "labels_changed": float(np.mean(arrays.changed[:n])),
-        "max_fit_residual": main["max_fit_residual"], "also_levels": also,
-        "singular": sol.singular, "singular_detail": sol.detail, "solver": sol.solver, "rank": sol.rank,
+        "interpolated": main["interpolated"] and all(a["interpolated"] for a in also),
+        "max_fit_residual": main["max_fit_residual"], "relative_residual": main["relative_residual"],
+        "residual_bound": main["residual_bound"], "stored_max_residual": sol.stored_max_residual,
+        "stored_max_residual_narrow_products": sol.stored_max_residual_narrow,
+        "tolerance": p["tol"], "iterations": sol.iterations, "iterations_to_fit": main["iterations_to_fit"],
+        "refinements": sol.refinements, "shift": sol.shift, "gram_entry_error_bound": e_k,
+        "also_levels": also,
+        "singular": sol.singular, "solver": sol.solver, "solver_detail": sol.detail, "rank": sol.rank,
         "dtype": p["dtype"], "device": str(device), "block_size": fitted.block,
-        "gram_solve_seconds": fitted.gram_solve_seconds, "predict_seconds": predict_seconds,
-        **_peak_memory(device),
+        "gram_solve_seconds": fitted.gram_solve_seconds, "solve_seconds_by_step": sol.seconds,
+        "predict_seconds": predict_seconds, **_peak_memory(device),
     }
 
 
