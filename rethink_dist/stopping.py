@@ -10,9 +10,11 @@ stays recorded, one line says what happened, and the exit code is 128 + the firs
   Python code called from C++ (torch's import calls back into Python from its extension): an
   exception raised there cannot cross the C++ frame and the C++ runtime aborts the process (core
   dump, exit -6). Numba's compiler, a fork's hooks and finalizers are the same kind of place
-  (the exception is printed as "ignored" and lost). So while such code is on the stack the signal
-  is deferred: the handler asks for it again 50 ms later, and raises once that code has
-  returned (after at most ``MAX_DEFER_S``, it raises wherever it is: a hang is worse).
+  (the exception is printed as "ignored" and lost), and so is a lock's own Python code (an
+  exception between a lock's acquire and its ``with`` block leaks the lock: the exit handlers then
+  wait on it for ever). So while such code runs the signal is deferred: the handler has it
+  delivered again 50 ms later (by a timer signal, SIGALRM: no thread, no lock), and raises once
+  that code has returned (after at most ``MAX_DEFER_S`` it raises wherever it is: a hang is worse).
 - **A long job stops gracefully on the first signal.** Inside :func:`graceful` (the sweep driver
   around Tune's loop) the first signal calls the job's own stop (no exception): Tune stops starting
   trials and the results already reported land. A second signal raises the interrupt.
@@ -45,7 +47,7 @@ RETRY_S = 0.05  # a deferred signal is asked for again this often
 
 # phase: None, "graceful" (the job's stop was called), "raised" (KeyboardInterrupt raised: the command
 # unwinds; a new signal raises it again) or "exiting" (the exit handlers run: a new signal ends it now)
-_FRESH = {"installed": False, "first": None, "graceful": None, "deferred_since": None, "phase": None, "asks": 0,
+_FRESH = {"installed": False, "first": None, "graceful": None, "deferred_since": None, "phase": None, "pending": None,
           "defer": 0}
 _state: dict = dict(_FRESH)
 
@@ -90,9 +92,19 @@ NATIVE_FUNCTIONS = {"__del__", "_releaseLock", "_acquireLock", "_after_fork", "_
                     "_after_at_fork_child_reinit_locks", "_run_after_forkers"}
 
 
+# The Python code of locks and queues: an exception raised between a lock's acquire and the
+# ``with`` block that owns it leaks the lock (Condition.__enter__ has taken it, its __exit__ never
+# runs), and the exit handlers then wait on it for ever (multiprocessing's queue finalizer did).
+LOCK_FILES = tuple(f"{os.sep}{name}" for name in ("threading.py", "queue.py", f"multiprocessing{os.sep}queues.py",
+                                                   f"multiprocessing{os.sep}synchronize.py"))
+
+
 def _importing(frame) -> bool:
-    """Whether the main thread's stack holds Python code run under native frames: an import (a
-    module's top-level code, importlib), numba's compiler, a fork's hooks, a finalizer."""
+    """Whether the main thread's stack holds Python code run under native frames (an import: a
+    module's top-level code, importlib; numba's compiler; a fork's hooks; a finalizer), or its
+    innermost frame is a lock's or a queue's own code."""
+    if frame is not None and frame.f_code.co_filename.endswith(LOCK_FILES):
+        return True
     while frame is not None:
         code = frame.f_code
         if code.co_name in NATIVE_FUNCTIONS or any(n in code.co_filename for n in NATIVE_FILES):
@@ -104,16 +116,27 @@ def _importing(frame) -> bool:
 
 
 def _ask_again(signum: int) -> None:
-    _state["asks"] += 1
-    t = threading.Timer(RETRY_S, os.kill, (os.getpid(), signum))
-    t.daemon = True
-    t.start()
+    """Deliver ``signum`` again in RETRY_S, by a timer signal (SIGALRM): a thread or a lock here
+    could deadlock with the very lock the interrupted code holds."""
+    _state["pending"] = signum
+    signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+
+
+def _on_alarm(_signum: int, frame) -> None:
+    pending = _state["pending"]
+    _state["pending"] = None
+    if pending is not None:
+        _deliver(pending, frame, asked=True)
 
 
 def _handler(signum: int, frame) -> None:
-    asked = _state["asks"] > 0  # (most likely) our own deferred signal, asked for again
-    if asked:
-        _state["asks"] -= 1
+    _deliver(signum, frame, asked=False)
+
+
+def _deliver(signum: int, frame, asked: bool) -> None:
+    """A stop signal (or one held earlier, ``asked`` again): stop gracefully, hold it, or raise."""
+    if not asked and _state["pending"] is not None:
+        return  # one is already held: it is delivered when the held code returns
     phase = _state["phase"]
     if phase == "exiting":  # the command is ending (its last line printed): a new signal ends it at once
         if not asked:
@@ -140,10 +163,12 @@ def install() -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _on_alarm)  # a held signal's second delivery
     _state.update(_FRESH, installed=True)
     INTERRUPTED.clear()
 
     def restore() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         _state.update(installed=False, graceful=None)
