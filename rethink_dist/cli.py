@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         rc = int(args._run(args) or 0)
         if INTERRUPTED.is_set():  # a library swallowed the KeyboardInterrupt; the command still stops
             raise KeyboardInterrupt
+        if argv is None:  # the process ends next: keep the handlers through its exit handlers
+            stopping.exiting(rc)
+            restore = lambda: None  # noqa: E731
         return rc
     except KeyboardInterrupt as e:
         return stopping.stopped(e, exit_process=argv is None)

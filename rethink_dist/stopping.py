@@ -48,6 +48,7 @@ RETRY_S = 0.05  # a deferred signal is asked for again this often
 # phase: None, "graceful" (the job's stop was called), "raised" (KeyboardInterrupt raised: the command
 # unwinds; a new signal raises it again) or "exiting" (the exit handlers run: a new signal ends it now)
 _FRESH = {"installed": False, "first": None, "graceful": None, "deferred_since": None, "phase": None, "pending": None,
+          "exit_code": None,
           "defer": 0}
 _state: dict = dict(_FRESH)
 
@@ -140,7 +141,7 @@ def _deliver(signum: int, frame, asked: bool) -> None:
     phase = _state["phase"]
     if phase == "exiting":  # the command is ending (its last line printed): a new signal ends it at once
         if not asked:
-            os._exit(exit_code())
+            os._exit(_state["exit_code"] if _state["exit_code"] is not None else exit_code())
         return
     if phase is None and _state["graceful"] is not None:  # a graceful stop raises nothing: safe anywhere
         _state.update(phase="graceful", first=signum)
@@ -208,6 +209,13 @@ def _close_progress_bars() -> None:
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
         with contextlib.suppress(Exception):
             bar.close()
+
+
+def exiting(code: int) -> None:
+    """The command has returned ``code`` and the process is ending (Ray's shutdown and the other
+    exit handlers still run): a signal from here on ends it at once with that code, instead of
+    killing it by the signal's default action once the handlers were given back."""
+    _state.update(phase="exiting", exit_code=code)
 
 
 def stopped(e: BaseException, prog: str = "rethink-dist", exit_process: bool = False) -> int:

@@ -165,7 +165,7 @@ def trials(data_root=None):
     (DICTS, "trial 2: optim.batch_size must be >= 1, got 0 (run digits_true_mlp_1x512_lr0.01_wd0_aug0_s0)"),
     (REPLACED, "trial 1: reg.dropout=1.5 is out of range; valid: [0, 1) "
                "(run digits_true_mlp_3x512_lr0.01_wd0_aug0_do1.5_s0)"),
-    (THEORY, "trial 1 (kernel): kernel='poly' is not valid; valid: linear, rbf (run kernel_kernelpoly)"),
+    (THEORY, "trial 1 (kernel): kernel='poly' is not valid; valid: linear, rbf, laplacian (run kernel_kernelpoly)"),
 ])
 def test_an_invalid_trial_is_named_by_index_and_run_name(tmp_path, body, needle):
     path = tmp_path / "named.py"

@@ -23,7 +23,7 @@ from rethink_dist.sweep.lease import LEASE_FILE, STALE_S, Lease
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-EPOCHS = 40
+EPOCHS = 150  # long enough that a second driver can be started and refused while the first runs
 SWEEP = f"""
 NAME = "stops"
 

@@ -55,12 +55,17 @@ def tmpfs(tmp_path):
 
 
 def _fill(point: Path, leave_bytes: int) -> Path:
-    free = shutil.disk_usage(point).free
+    """Take all but ``leave_bytes`` of the file system (the sweep writes meanwhile: measure again)."""
     filler = point / "filler"
     with open(filler, "wb") as f:
-        f.truncate(0)
-        os.posix_fallocate(f.fileno(), 0, max(0, free - leave_bytes))
-    return filler
+        for _ in range(20):
+            size = os.fstat(f.fileno()).st_size + shutil.disk_usage(point).free - leave_bytes
+            try:
+                os.posix_fallocate(f.fileno(), 0, max(0, size))
+                return filler
+            except OSError:  # the sweep took some of it between the two calls
+                time.sleep(0.05)
+    raise AssertionError(f"could not fill {point}")
 
 
 def _rows(parquet: Path) -> int:
@@ -160,9 +165,9 @@ def test_a_storage_that_refuses_writes_mid_sweep_stops_it_and_resume_finishes(tm
     assert kept >= 3
 
     if how == "full":  # Tune's own state was cut short too (the worst case): the project's records suffice
+        filler.unlink()
         for state in (store / "space" / "tune").glob("experiment_state-*.json"):
             state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-        filler.unlink()
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=ENV, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     if how == "full":

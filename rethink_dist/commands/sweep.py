@@ -154,7 +154,11 @@ def main(path: str, argv: list[str] | None = None) -> int:
     restore = stopping.install()
     try:
         args = parser.parse_args(argv)
-        return run_from_args(path, args)
+        rc = run_from_args(path, args)
+        if argv is None:  # the process ends next: keep the handlers through its exit handlers
+            stopping.exiting(rc)
+            restore = lambda: None  # noqa: E731
+        return rc
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
