@@ -1,4 +1,4 @@
-"""bench/gpu_check.py --smoke: the GPU check runs on the CPU, so it cannot rot while no GPU is lent."""
+"""bench/gpu_check.py --smoke: the GPU check runs on the CPU, so it cannot rot between GPU runs."""
 
 import json
 import math

@@ -4,7 +4,7 @@ cluster/local.yaml, with this machine as the lab cluster's head.
 The head is reached over SSH like any lab machine: an sshd of this test's own on 127.0.0.1:22
 (Ray's launcher has no SSH port setting), a dedicated user made for the test (key login, sudo
 for apt-get alone, which the config's setup needs; removed afterwards), so that the config's
-`ray stop` lines can reach only that user's processes. cluster/local.yaml is rendered for
+own Ray shutdown lines can reach only that user's processes. cluster/local.yaml is rendered for
 127.0.0.1: the head's address, no workers, the SSH user and the shared folder are replaced,
 nothing else. Then, as docs/cluster.md says:
 
@@ -82,7 +82,7 @@ SWEEP_FLAGS = ["--storage", "$RETHINK_STORAGE", "--results-dir", "$HOME/results"
 
 
 def _run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in a session of its own; on timeout its whole group is killed and the test fails."""
+    """Run ``cmd`` as a process group of its own; on timeout its whole group is killed and the test fails."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **kw)
     try:

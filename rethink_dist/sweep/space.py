@@ -118,10 +118,10 @@ class SpaceWatch:
         self.reserve = reserve
         self.last = 0.0
 
-    def short(self, force: bool = False) -> str | None:
+    def short(self) -> str | None:
         """A line saying which folder is (nearly) full, or None while there is room."""
         now = time.monotonic()
-        if not force and now - self.last < WATCH_SECONDS:
+        if now - self.last < WATCH_SECONDS:
             return None
         self.last = now
         for f in self.folders:
