@@ -22,8 +22,10 @@ EPOCH_KEYS = (
     "epoch", "step", "train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "test_acc", "test_top5",
     "best_test_acc", "lr", "images_per_s", "train_seconds", "eval_seconds", "seconds", "steps_to_fit",
 )
-# Where the epoch ran and on which labels (added by the code that runs the trial on Ray).
-PLACEMENT_KEYS = ("labels_fingerprint", "node", "node_id", "pid")
+# Where and when the epoch ran and on which labels (added by the code that runs the trial on Ray):
+# ended_at is the Unix time at the epoch's end, world_size the number of processes that trained it
+# (1, or a data-parallel trial's ranks at that epoch).
+PLACEMENT_KEYS = ("labels_fingerprint", "node", "node_id", "pid", "ended_at", "world_size")
 # The one record of a theory trial (expressivity: n, d, params, max_abs_error, min_eigenvalue;
 # kernel: n_train, n_test, train_error, test_error, norm).
 THEORY_KEYS = ("n", "d", "params", "max_abs_error", "min_eigenvalue", "n_train", "n_test", "train_error",

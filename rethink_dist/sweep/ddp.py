@@ -178,7 +178,8 @@ class RankReporter(Sink):
                 {**record, "done_training": trial.done, "meta": trial.meta,
                  # node: rank 0's (Tune fills in pid and hostname with the Tune trial's own)
                  "labels_fingerprint": self.meta["labels_fingerprint"], "node": self.me["node"],
-                 "node_id": self.me["node_id"], "ddp_world_size": world, "ddp_started_from_epoch": self.started_from},
+                 "node_id": self.me["node_id"], "world_size": world, "ended_at": time.time(),
+                 "ddp_started_from_epoch": self.started_from},
                 checkpoint=ray.train.Checkpoint.from_directory(d),
             )
 

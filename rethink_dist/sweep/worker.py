@@ -41,7 +41,7 @@ class TuneReporter(Sink):
         self.meta = dict(meta)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        self.pending.append({**record, **self.placement})
+        self.pending.append({**record, **self.placement, "ended_at": time.time()})
         if self.trial.done or time.monotonic() - self.last_report >= self.report_seconds:
             self.send()
 
@@ -102,7 +102,7 @@ def _network_trial(spec: dict[str, Any], report_seconds: float, resume_from: lis
                       "trying the one before it", flush=True)
                 trial = Trial(cfg, device=placed_device(cfg.device, ray.get_gpu_ids()))
     placement = {"labels_fingerprint": trial.meta.get("labels_fingerprint", ""), "node": socket.gethostname(),
-                 "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+                 "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "world_size": 1}
     reporter = TuneReporter(trial, report_seconds, placement)
     try:
         run(trial, [reporter])
