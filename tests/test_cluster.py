@@ -36,7 +36,10 @@ import yaml
 from conftest import REPO, VENV_BIN, free_port
 
 CLUSTER = REPO / "cluster"
-CONFIGS = sorted(CLUSTER.glob("*.yaml"))
+# The configs of `ray up`; cluster/laptop.yaml (Ray's local autoscaler, started by `ray start`) has
+# its own tests below and in tests/test_elastic.py.
+LAPTOP = CLUSTER / "laptop.yaml"
+CONFIGS = sorted(p for p in CLUSTER.glob("*.yaml") if p != LAPTOP)
 CLOUDS = {"aws", "gcp"}
 
 
@@ -174,6 +177,27 @@ def test_the_three_configs_exist():
 def test_config_passes_ray_up_validation(path):
     config = ray_up_config(path)
     assert config["head_node_type"] in config["available_node_types"]
+
+
+def test_laptop_config_mirrors_the_aws_node_types():
+    """cluster/laptop.yaml passes Ray's schema, offers no CPU on the head, and has aws.yaml's worker
+    types with their min/max counts (CPU-sized), so a sweep autoscales on a laptop as on AWS."""
+    from ray.autoscaler._private.util import validate_config
+
+    laptop, aws = yaml.safe_load(LAPTOP.read_text()), yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    validate_config(laptop)
+    assert laptop["provider"]["type"] == "fake_multinode"
+    head = laptop["available_node_types"][laptop["head_node_type"]]
+    assert head["resources"]["CPU"] == 0 and "--num-cpus=0" in LAPTOP.read_text()
+    workers = {k: v for k, v in laptop["available_node_types"].items() if k != laptop["head_node_type"]}
+    aws_workers = {k: v for k, v in aws["available_node_types"].items() if k != aws["head_node_type"]}
+    assert set(workers) == set(aws_workers)
+    for name, spec in workers.items():
+        assert (spec["min_workers"], spec["max_workers"]) == (aws_workers[name]["min_workers"],
+                                                              aws_workers[name]["max_workers"]), name
+        assert "GPU" not in spec["resources"] and spec["resources"]["CPU"] >= 1, name
+    assert laptop["max_workers"] == aws["max_workers"]
+    assert keys_without_comment(LAPTOP.read_text()) == []
 
 
 def test_validation_refuses_a_misspelled_key():

@@ -29,12 +29,17 @@ from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, SAMPLE
 from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import KINDS, Sweep, TrialSpec
 from rethink_dist.sweep.space import SpaceWatch, check_fits, estimate
-from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
+from rethink_dist.sweep.worker import REPORT_SECONDS, read_progress, trainable
 from rethink_dist.tracking import (TrialRun, check_reachable, default_artifact_location, default_tracking_uri,
                                    ensure_experiment, ensure_parent_run, finish_run)
 
 DEFAULT_STORAGE = "results"
-MAX_FAILURES = 5  # retries of one trial (a lost spot node counts as one); -1: unlimited
+MAX_FAILURES = 5  # retries of one trial (a lost or preempted spot node counts as one); -1: unlimited
+FAULTS_FILE = "faults.jsonl"  # in the results folder: one line per trial process that ended early
+
+# Words of a trial's error that say its process or node went away (rather than its code failing).
+NODE_LOST_WORDS = ("NodeDiedError", "node has died", "node died", "ActorDiedError", "ActorUnavailableError",
+                   "WorkerCrashedError", "RayActorError", "unexpectedly")
 
 
 def connect_ray(address: str | None, num_cpus: int | None, runtime_env: dict[str, Any] | None = None) -> None:
@@ -667,8 +672,29 @@ class ResultsWriter:
             self.stop_for_storage(f"trial {tid} could not write its checkpoint{where} "
                                   f"({next(w for w in STORAGE_WORDS if w in error)})")
         self._mlflow("tagging a failed trial", self._tag_error, tid, error[-4000:] or "unknown error")
+        self._record_fault(trial, tid, error, final)
         if final:
             self.reconcile(tid, trial.checkpoint, finished=False, status="FAILED")
+
+    def _record_fault(self, trial, tid: str, error: str, final: bool) -> None:
+        """A trial's process ended before the trial: what it was (preempted with notice, its node lost,
+        its own error) and how many finished epochs it must train again (those after its last
+        checkpoint: every report carries one), as a line of faults.jsonl and of the console."""
+        last = self.last.get(tid) or {}
+        checkpoint = int(last.get("epoch") or 0)
+        reached = read_progress(trial.trial_id)
+        kind = ("preempted" if "NodePreempted" in error else
+                "node lost" if any(w in error for w in NODE_LOST_WORDS) else "error")
+        fault = {"time": time.time(), "trial_id": tid, "kind": kind, "node_id": last.get("node_id"),
+                 "checkpoint_epoch": checkpoint, "reached_epoch": reached,
+                 "retrained_epochs": None if reached is None else max(0, reached - checkpoint), "final": final}
+        again = "" if fault["retrained_epochs"] is None else f", {fault['retrained_epochs']} finished epochs to train again"
+        then = "it has no retry left" if final else f"it continues from its checkpoint at epoch {checkpoint}"
+        print(f"rethink-dist: trial {tid}: {kind} (node {fault['node_id'] or '?'}, reached epoch "
+              f"{reached if reached is not None else '?'}{again}); {then}", file=sys.stderr, flush=True)
+        if self.table is not None:
+            path = self.table.path.parent / FAULTS_FILE
+            self._table_write(_append_line, path, json.dumps(fault), path=path)
 
     def _tag_error(self, tid: str, error: str) -> None:
         run = self._run(tid)
@@ -764,6 +790,19 @@ class ResultsWriter:
                 writer.on_experiment_end(trials, **info)
 
         return _Callback()
+
+
+def _append_line(path: Path, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def read_faults(folder: Path) -> list[dict[str, Any]]:
+    """The faults.jsonl of a sweep's results folder ([] when no trial process ended early)."""
+    path = Path(folder) / FAULTS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
 def read_checkpoint_json(checkpoint: Any, name: str) -> Any:
