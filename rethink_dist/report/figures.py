@@ -3,7 +3,8 @@ with matplotlib's Agg canvas.
 
 Each builder returns a :class:`Fig`: the PNG and the series it drew, as plain data (what tests
 and the JSON sidecar read). A figure with no data has no PNG and says what it needs instead.
-Only finished trials are drawn; curves are one line per trial (seed), one colour per series.
+Only finished trials are drawn (the cluster timeline draws every trial that ran); curves are one
+line per trial (seed), one colour per series.
 """
 
 from __future__ import annotations

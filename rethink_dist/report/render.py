@@ -119,6 +119,8 @@ def _not_started(head: dict[str, Any]) -> str:
 
 
 RUN_SECTION = "The sweep's run"
+FINISHED_ONLY = ("Only finished trials enter the tables and figures (the cluster timeline draws every trial that ran). "
+                 "A missing value is shown as —, never as 0.")
 
 
 def _md_figure(f: Fig) -> list[str]:
@@ -131,7 +133,7 @@ def _markdown(head: dict[str, Any], tabs: list[Table], run: list[Fig], figs: lis
            f"Source: `{head['source']}`. Generated {head['generated']}. "
            f"Trials: {head['planned']} planned, {head['finished']} finished, {_n_unfinished(head)} unfinished.",
            f"Compared with: {PAPER_CITATION}", "",
-           "Only finished trials enter the tables and figures. A missing value is shown as —, never as 0.", ""]
+           FINISHED_ONLY, ""]
     if _n_unfinished(head):
         out += ["## Unfinished trials", ""]
         out += [f"- `{u['run_name']}` ({u['trial_id']}): {_progress(u)}" for u in head["unfinished"]]
@@ -197,7 +199,7 @@ def _html(head: dict[str, Any], tabs: list[Table], run: list[Fig], figs: list[Fi
              f"Trials: {head['planned']} planned, {head['finished']} finished, "
              f"{_n_unfinished(head)} unfinished.</p>",
              f"<p>Compared with: {e(PAPER_CITATION)}</p>",
-             "<p>Only finished trials enter the tables and figures. A missing value is shown as —, never as 0.</p>"]
+             f"<p>{e(FINISHED_ONLY)}</p>"]
     if _n_unfinished(head):
         items = "".join(f"<li><code>{e(u['run_name'])}</code> ({e(u['trial_id'])}): {e(_progress(u))}</li>"
                         for u in head["unfinished"])
