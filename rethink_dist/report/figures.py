@@ -359,9 +359,10 @@ def fig_cluster_timeline(results: Results) -> Fig:
     """Which Ray node ran which trial when; where trials moved or changed their world size."""
     f = Fig("cluster-timeline", "The sweep's run: cluster timeline",
             "One lane per Ray node (the first 8 hex digits of its node id; its host where the table has no node "
-            "id), one bar per trial segment, one colour per trial: a trial's consecutive epochs in one process on "
-            "that node, from its first epoch's start (the epoch's end time minus its training and evaluation "
-            "seconds) to its last epoch's end; every trial with rows, finished or not. Red x: the trial's next "
+            "id), one bar per trial segment (a trial's consecutive epochs in one process on that node, from its "
+            "first epoch's start, the epoch's end time minus its training and evaluation seconds, to its last "
+            "epoch's end), one colour per trial, trials a node ran at once in rows of its lane; every trial with "
+            "rows, finished or not. Red x: the trial's next "
             "epoch ran in another process or on another node before the trial finished, 'lost' where the old "
             "node ran no epoch after the trial resumed, else 'moved'. Triangle: the number of processes training "
             "the trial (world size) changed. Lower panel: nodes alive and trials running. The figure knows nodes "
