@@ -15,6 +15,7 @@ import pytest
 
 from rethink_dist.cli import main
 from rethink_dist.report import build_report, load_folder
+from rethink_dist.report.figures import TIMELINE_MISSING
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = "handmade"
@@ -43,8 +44,12 @@ TRIALS = [
 PLANNED_ONLY = ("t09", _flat(model="alexnet_small", wd=5e-4))  # in sweep.json, no rows yet
 
 
+STARTED = 1_700_000_000.0  # the handmade sweep's first epoch starts then (Unix seconds)
+
+
 def _rows(tid, flat, train, test, n_epochs, finished, total_epochs=4):
     rows, best = [], 0.0
+    i = int(tid[1:])  # two nodes, two trials at a time (the cluster timeline): 5 s apart, 1.1 s per epoch
     level = flat["corruption.level"] if flat["corruption.kind"] == "labels" else 0.0
     for e in range(1, n_epochs + 1):
         frac = e / total_epochs
@@ -61,6 +66,8 @@ def _rows(tid, flat, train, test, n_epochs, finished, total_epochs=4):
             "images_per_s": 1000.0, "train_seconds": 1.0, "eval_seconds": 0.1, "seconds": 1.1 * e,
             "steps_to_fit": 100 * e * (1 + 2 * level) if fitted else None,
             "finished": finished and e == n_epochs, **flat,
+            "node": f"host{i % 2}", "node_id": f"{i % 2:02d}" * 28, "pid": 1000 + i,
+            "ended_at": STARTED + 5 * (i // 2) + 1.1 * e, "world_size": 1,
         })
     return rows
 
@@ -234,6 +241,9 @@ def test_help_is_fast_and_lists_report():
 
 
 # ---------------------------------------------------------------------------------------- MLflow
+FOLDER_ONLY = ("first-fit", "cluster-timeline")  # figures of data that the sweep's folder has and MLflow has not
+
+
 def _log_handmade_sweep(uri: str, experiment: str, trials: list = TRIALS) -> str:
     """Write ``trials`` to MLflow in the layout of docs/results-format.md; returns the parent run id."""
     from mlflow.entities import Metric, Param, RunTag
@@ -274,9 +284,11 @@ def test_report_from_mlflow_matches_parquet_and_is_logged(mlflow_server, tmp_pat
     assert "1 more planned trial(s) have no MLflow run yet" in (out / "report.html").read_text()
     parquet = build_report(load_folder(write_handmade(tmp_path / SWEEP)), tmp_path / "rep2")
     assert from_mlflow["tables"] == json.loads(parquet.data.read_text())["tables"]
-    # (per-sample records live in the sweep's folder only: from MLflow the first-fit figure is missing)
-    assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"] if not f["id"].startswith("first-fit")} == \
-        {f.id: sorted(f.series) for f in parquet.figures if not f.id.startswith("first-fit")}
+    # (per-sample records and epoch end times live in the sweep's folder only: from MLflow the first-fit
+    # figure and the cluster timeline are missing)
+    assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"] if not f["id"].startswith(FOLDER_ONLY)} == \
+        {f.id: sorted(f.series) for f in parquet.figures if not f.id.startswith(FOLDER_ONLY)}
+    assert next(f for f in from_mlflow["figures"] if f["id"] == "cluster-timeline")["missing"] == TIMELINE_MISSING
     logged = {a.path for a in MlflowClient(mlflow_server).list_artifacts(parent, "report")}
     assert {"report/report.html", "report/report.md", "report/report.json", "report/figures"} <= logged
 

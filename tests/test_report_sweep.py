@@ -13,9 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from test_report import FOLDER_ONLY
 from test_report_browser import browser, check_report_page  # noqa: F401  (fixture)
 
 from rethink_dist.cli import main
+from rethink_dist.report.figures import TIMELINE_MISSING
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,6 +95,25 @@ def test_report_of_a_real_smoke_sweep(smoke, browser, capsys):  # noqa: F811
         # at the last epoch the fraction fitted for good is the accuracy on the corrupted samples
         assert series["fraction_fitted"][-1] == pytest.approx(trial["train_acc_corrupted"])
         assert series["samples"] == int(mine["label_changed"].sum())
+    # The cluster timeline: every epoch row lies in one segment, on the node and in the process that ran it.
+    timeline = figs["cluster-timeline"]
+    assert timeline["file"] and timeline["missing"] is None
+    tl = timeline["series"]
+    segments = tl["segments"]
+    for _, row in rows.iterrows():
+        (seg,) = [s for s in segments
+                  if s["trial_id"] == row["trial_id"] and s["first_epoch"] <= row["epoch"] <= s["last_epoch"]]
+        assert (seg["node_id"], seg["host"], seg["pid"]) == (row["node_id"], row["node"], row["pid"])
+        if row["epoch"] == seg["last_epoch"]:
+            assert seg["end"] == pytest.approx(row["ended_at"] - tl["t0"], abs=1e-3)
+    assert sum(s["epochs"] for s in segments) == len(rows) and tl["rows_without_time"] == 0
+    assert {n["lane"] for n in tl["nodes"]} == set(rows["node_id"])
+    for n in tl["nodes"]:
+        mine = [s for s in segments if s["lane"] == n["lane"]]
+        assert n["segments"] == len(mine) and n["label"] == n["lane"][:8]
+        assert n["first"] == min(s["start"] for s in mine) and n["last"] == max(s["end"] for s in mine)
+    assert len(tl["moves"]) == len(segments) - rows["trial_id"].nunique()
+    assert set(rows["world_size"]) == {1} and tl["resizes"] == []
     check_report_page(browser, html, sum(1 for f in data["figures"] if f["file"]))
 
     # Logged as artifacts of the sweep's parent run in its own MLflow store (recorded in sweep.json).
@@ -115,11 +136,12 @@ def test_report_from_the_sweeps_mlflow_store_agrees(smoke, tmp_path, capsys):
     from_folder = json.loads((folder.parent / "report.json").read_text())
     assert from_mlflow["finished"] == from_folder["finished"] > 0
     assert from_mlflow["tables"] == from_folder["tables"]
-    # (the per-sample records live in the sweep's folder only: from MLflow that one figure is missing)
-    assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"] if not f["id"].startswith("first-fit")} == \
-        {f["id"]: sorted(f["series"]) for f in from_folder["figures"] if not f["id"].startswith("first-fit")}
-    assert [f["missing"] for f in from_mlflow["figures"] if f["id"].startswith("first-fit")] == \
-        ["needs trials run with sample_records on (the shipped sweeps switch it on)"]
+    # (the per-sample records and the epochs' end times live in the sweep's folder only: from MLflow the
+    # first-fit figure and the cluster timeline are missing)
+    assert {f["id"]: sorted(f["series"]) for f in from_mlflow["figures"] if not f["id"].startswith(FOLDER_ONLY)} == \
+        {f["id"]: sorted(f["series"]) for f in from_folder["figures"] if not f["id"].startswith(FOLDER_ONLY)}
+    assert [f["missing"] for f in from_mlflow["figures"] if f["id"].startswith(FOLDER_ONLY)] == \
+        [TIMELINE_MISSING, "needs trials run with sample_records on (the shipped sweeps switch it on)"]
 
 
 def test_results_doc_generator_on_a_real_smoke_sweep(smoke, tmp_path):

@@ -5,7 +5,8 @@
     report.html                                          # self-contained page with embedded PNGs
 
 Pieces: ``paper`` (the paper's numbers), ``load`` (results -> one DataFrame), ``tables``
-(Tables 1 and 2), ``figures`` (Figures 1a-2b and the memorization figure), ``render`` (files).
+(Tables 1 and 2), ``figures`` (Figures 1a-2b, the memorization figures, the cluster timeline),
+``timeline`` (the cluster timeline's data, from the epochs' placements), ``render`` (files).
 """
 
 from rethink_dist.report.load import ReportError, Results, find_parent_run, load_folder, load_mlflow, log_to_parent_run

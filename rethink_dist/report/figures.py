@@ -1,8 +1,10 @@
-"""The paper's figures (1a, 1b, 1c, 2a, 2b) and one beyond it, drawn with matplotlib's Agg canvas.
+"""The paper's figures (1a, 1b, 1c, 2a, 2b), two beyond it and the sweep's cluster timeline, drawn
+with matplotlib's Agg canvas.
 
 Each builder returns a :class:`Fig`: the PNG and the series it drew, as plain data (what tests
 and the JSON sidecar read). A figure with no data has no PNG and says what it needs instead.
-Only finished trials are drawn; curves are one line per trial (seed), one colour per series.
+Only finished trials are drawn (the cluster timeline draws every trial that ran); curves are one
+line per trial (seed), one colour per series.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 
 from rethink_dist.report.load import Results
 from rethink_dist.report.paper import ARCH_ORDER, FIG1_ARCHS
+from rethink_dist.report.timeline import cluster_timeline
 
 KIND_ORDER = ["true labels", "random labels", "shuffled pixels", "random pixels", "gaussian"]
 NUM_CLASSES = {"imagenet": 1000}
@@ -36,13 +39,13 @@ class Fig:
                 "missing": self.missing, "file": f"figures/{self.id}.png" if self.png else None}
 
 
-def _canvas(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 4.0):
+def _canvas(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 4.0, **subplots):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width * ncols, height * nrows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplots)
     return fig, [a for row in axes for a in row]
 
 
@@ -342,6 +345,87 @@ def fig_first_fit(results: Results, dataset: str) -> Fig:
                         label=f"p={t['label_level']:g} {what}")
         ax.set(title=arch, xlabel="epoch", ylabel="fraction fitted for good", ylim=(0, 1.02), xlim=(0, last_epoch))
         ax.legend(fontsize=6, ncol=2)
+    f.png = _png(fig)
+    return f
+
+
+# ------------------------------------------------------------------------------------ the sweep's run
+LABEL_BOX = {"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.7, "lw": 0}  # marks' text, over the bars
+TIMELINE_MISSING = ("needs the epochs' end times (ended_at) in trials.parquet: tables written before it was "
+                    "recorded, and results read from MLflow, lack them")
+
+
+def fig_cluster_timeline(results: Results) -> Fig:
+    """Which Ray node ran which trial when; where trials moved or changed their world size."""
+    f = Fig("cluster-timeline", "The sweep's run: cluster timeline",
+            "One lane per Ray node (the first 8 hex digits of its node id; its host where the table has no node "
+            "id), one bar per trial segment (a trial's consecutive epochs in one process on that node, from its "
+            "first epoch's start, the epoch's end time minus its training and evaluation seconds, to its last "
+            "epoch's end), one colour per trial, trials a node ran at once in rows of its lane; every trial with "
+            "rows, finished or not. Red x: the trial's next "
+            "epoch ran in another process or on another node before the trial finished, 'lost' where the old "
+            "node ran no epoch after the trial resumed, else 'moved'. Triangle: the number of processes training "
+            "the trial (world size) changed. Lower panel: nodes alive and trials running. The figure knows nodes "
+            "only through the epochs they ran: a node is alive from the first start to the last end of an epoch "
+            "on it (an idle node does not appear), and each end time is the clock of the node that ran it.")
+    tl = cluster_timeline(results.rows)
+    if tl is None:
+        return _missing(f, TIMELINE_MISSING)
+    f.series = tl
+    nodes, segments = tl["nodes"], tl["segments"]
+    span = max([n["last"] for n in nodes] + [1e-9])
+    unit, scale = ("minutes", 1 / 60) if span > 300 else ("seconds", 1.0)
+    base, rows = {}, 0.0  # a node's lane: one row per trial it ran at once (its slots), lanes 0.6 apart
+    for n in nodes:
+        base[n["lane"]], rows = rows, rows + n["slots"] + 0.6
+    lanes_height = max(1.8, 0.3 * rows)
+    fig, (ax, counts) = _canvas(1, 2, width=9.0, height=(lanes_height + 1.6) / 2, sharex=True,
+                                height_ratios=[lanes_height, 1.6])
+    trials = list(dict.fromkeys(s["trial_id"] for s in segments))
+    colors = dict(zip(trials, _colors(len(trials))))
+    legend, seen = len(trials) <= 10, set()
+
+    def row(s: dict[str, Any]) -> float:
+        return base[s["lane"]] + s["slot"]
+
+    def seg_of(trial_id: str, epoch: int) -> int:  # the index of the segment that ran this epoch
+        return next(i for i, s in enumerate(segments)
+                    if s["trial_id"] == trial_id and s["first_epoch"] <= epoch <= s["last_epoch"])
+
+    for s in segments:
+        ax.barh(row(s), max(s["end"] - s["start"], span * 2e-3) * scale, left=s["start"] * scale, height=0.8,
+                color=colors[s["trial_id"]], edgecolor="black", lw=0.4,
+                label=s["run_name"] if legend and s["trial_id"] not in seen else None)
+        seen.add(s["trial_id"])
+    for m in tl["moves"]:
+        y = row(segments[seg_of(m["trial_id"], m["epoch"]) - 1])  # the end of the segment before the move
+        ax.plot(m["at"] * scale, y, "x", color="red", ms=9, mew=2)
+        ax.annotate("lost" if m["node_lost"] else "moved", (m["at"] * scale, y), xytext=(3, 5),
+                    textcoords="offset points", color="red", fontsize=8, bbox=LABEL_BOX)
+    for z in tl["resizes"]:
+        y = row(segments[seg_of(z["trial_id"], z["epoch"])])
+        ax.plot(z["at"] * scale, y, "v" if z["to"] < z["from"] else "^", color="black", ms=8)
+        ax.annotate(f"world {z['from']}→{z['to']}", (z["at"] * scale, y), xytext=(3, -12),
+                    textcoords="offset points", fontsize=8, bbox=LABEL_BOX)
+    ax.set_yticks([base[n["lane"]] + (n["slots"] - 1) / 2 for n in nodes],
+                  [n["label"] + (f"\n{n['host']}" if n["host"] and n["host"] != n["label"] else "") for n in nodes],
+                  fontsize=8)
+    for n in nodes[1:]:
+        ax.axhline(base[n["lane"]] - 0.8, color="grey", lw=0.5)
+    ax.set_ylim(-0.7, rows - 0.9)
+    ax.invert_yaxis()
+    ax.set(ylabel="Ray node", title=f"{len(nodes)} node(s), {len(trials)} trial(s), {len(tl['moves'])} move(s), "
+                                    f"{len(tl['resizes'])} resize(s)")
+    if legend:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    c = tl["counts"]
+    t = [v * scale for v in c["t"]]
+    counts.step(t, c["nodes"], where="post", lw=2.5, alpha=0.6, label="nodes alive")
+    counts.step(t, c["trials"], where="post", ls="--", color="black", lw=1, label="trials running")
+    counts.set(xlabel=f"{unit} since the sweep's first epoch started", ylabel="count")
+    counts.set_ylim(0, max(c["nodes"] + c["trials"] + [1]) + 0.5)
+    counts.yaxis.get_major_locator().set_params(integer=True)
+    counts.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     f.png = _png(fig)
     return f
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rethink_dist.report.figures import Fig, figures
+from rethink_dist.report.figures import Fig, fig_cluster_timeline, figures
 from rethink_dist.report.load import Results
 from rethink_dist.report.paper import PAPER_CITATION
 from rethink_dist.report.tables import Table, tables
@@ -31,14 +31,15 @@ class Report:
     markdown: Path
     data: Path
     tables: list[Table]
-    figures: list[Fig]
+    figures: list[Fig]  # the sweep's run (the cluster timeline) first, then the paper's and the others
     unfinished: list[dict[str, Any]]
 
 
 def build_report(results: Results, out: str | Path) -> Report:
     """Build every table and figure of ``results`` and write them to the folder ``out``."""
     out = Path(out).resolve()
-    tabs, figs, unfinished = tables(results), figures(results), results.unfinished()
+    tabs, run, unfinished = tables(results), [fig_cluster_timeline(results)], results.unfinished()
+    figs = run + figures(results)
     n_planned, n_done = len(results.planned) + results.not_started, int(results.finals()["trial_id"].nunique())
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -53,8 +54,8 @@ def build_report(results: Results, out: str | Path) -> Report:
         (tmp / "report.json").write_text(json.dumps(
             {**head, "tables": [t.to_json() for t in tabs], "figures": [f.to_json() for f in figs]},
             indent=1, default=_json_default))
-        (tmp / "report.md").write_text(_markdown(head, tabs, figs))
-        (tmp / "report.html").write_text(_html(head, tabs, figs))
+        (tmp / "report.md").write_text(_markdown(head, tabs, run, figs[len(run):]))
+        (tmp / "report.html").write_text(_html(head, tabs, run, figs[len(run):]))
         os.chmod(tmp, 0o755)
         _replace(tmp, out)
     except BaseException:
@@ -117,25 +118,32 @@ def _not_started(head: dict[str, Any]) -> str:
     return f"{head['not_started']} more planned trial(s) have no MLflow run yet: not started"
 
 
-def _markdown(head: dict[str, Any], tabs: list[Table], figs: list[Fig]) -> str:
+RUN_SECTION = "The sweep's run"
+FINISHED_ONLY = ("Only finished trials enter the tables and figures (the cluster timeline draws every trial that ran). "
+                 "A missing value is shown as —, never as 0.")
+
+
+def _md_figure(f: Fig) -> list[str]:
+    return [f"### {f.title}", ""] + ([f"![{f.title}](figures/{f.id}.png)", "", f.caption] if f.png
+                                     else [f"Missing: {f.missing}."]) + [""]
+
+
+def _markdown(head: dict[str, Any], tabs: list[Table], run: list[Fig], figs: list[Fig]) -> str:
     out = [f"# Report: sweep `{head['sweep']}`", "",
            f"Source: `{head['source']}`. Generated {head['generated']}. "
            f"Trials: {head['planned']} planned, {head['finished']} finished, {_n_unfinished(head)} unfinished.",
            f"Compared with: {PAPER_CITATION}", "",
-           "Only finished trials enter the tables and figures. A missing value is shown as —, never as 0.", ""]
+           FINISHED_ONLY, ""]
     if _n_unfinished(head):
         out += ["## Unfinished trials", ""]
         out += [f"- `{u['run_name']}` ({u['trial_id']}): {_progress(u)}" for u in head["unfinished"]]
         if head["not_started"]:
             out.append(f"- {_not_started(head)}")
         out.append("")
+    out += [f"## {RUN_SECTION}", ""] + [line for f in run for line in _md_figure(f)]
     for t in tabs:
         out += [f"## {t.title}", "", _md_table(t), ""] + [f"- {n}" for n in t.notes] + [""]
-    out += ["## Figures", ""]
-    for f in figs:
-        out += [f"### {f.title}", ""]
-        out += [f"![{f.title}](figures/{f.id}.png)", "", f.caption] if f.png else [f"Missing: {f.missing}."]
-        out.append("")
+    out += ["## Figures", ""] + [line for f in figs for line in _md_figure(f)]
     return "\n".join(out)
 
 
@@ -180,7 +188,7 @@ def _html_figure(f: Fig) -> str:
             f"<figcaption>{e(f.caption)}</figcaption></figure>\n")
 
 
-def _html(head: dict[str, Any], tabs: list[Table], figs: list[Fig]) -> str:
+def _html(head: dict[str, Any], tabs: list[Table], run: list[Fig], figs: list[Fig]) -> str:
     e = html.escape
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -191,12 +199,14 @@ def _html(head: dict[str, Any], tabs: list[Table], figs: list[Fig]) -> str:
              f"Trials: {head['planned']} planned, {head['finished']} finished, "
              f"{_n_unfinished(head)} unfinished.</p>",
              f"<p>Compared with: {e(PAPER_CITATION)}</p>",
-             "<p>Only finished trials enter the tables and figures. A missing value is shown as —, never as 0.</p>"]
+             f"<p>{e(FINISHED_ONLY)}</p>"]
     if _n_unfinished(head):
         items = "".join(f"<li><code>{e(u['run_name'])}</code> ({e(u['trial_id'])}): {e(_progress(u))}</li>"
                         for u in head["unfinished"])
         items += f"<li>{e(_not_started(head))}</li>" if head["not_started"] else ""
         parts.append(f'<h2 id="unfinished">Unfinished trials</h2><ul>{items}</ul>')
+    parts.append(f'<h2 id="run">{e(RUN_SECTION)}</h2>')
+    parts += [_html_figure(f) for f in run]
     parts += [_html_table(t) for t in tabs]
     parts.append("<h2>Figures</h2>")
     parts += [_html_figure(f) for f in figs]
