@@ -276,10 +276,13 @@ def spot_scenario(root: Path, tracking_uri: str, epochs: int = 400, max_train: i
                    lost_node=str(last.loc[lost, "node_id"]), preempted_node=str(last.loc[preempted, "node_id"]))
         assert out["lost_node"] != out["preempted_node"], "two trials on one node: gpu_1x has one CPU"
         out["lost_at_epoch"] = int(last.loc[lost, "epoch"])
+        # A spot node is lost at any moment between two checkpoints: half the interval after the
+        # report that showed the trials running (on average what a random moment costs).
+        time.sleep(report_seconds / 2)
         assert cluster.kill_node(out["lost_node"]), "the node to lose had ended already"
         out["t_kill"] = time.time()
-        cluster.drain(out["preempted_node"], notice_s, "spot interruption notice")
         out["t_drain"] = time.time()
+        cluster.drain(out["preempted_node"], notice_s, "spot interruption notice")
         while time.time() < out["t_drain"] + notice_s:
             look()
             time.sleep(0.5)

@@ -81,6 +81,21 @@ def test_lost_and_preempted_trials_resume_on_new_nodes_and_record_the_fault(spot
         assert first_moved == faults[spot[f"{key}_trial"]]["checkpoint_epoch"] + 1 > 1, (key, first_moved)
 
 
+def test_the_reports_timeline_marks_both_losses(spot):
+    import pandas as pd
+
+    from rethink_dist.report.timeline import cluster_timeline
+
+    timeline = cluster_timeline(pd.read_parquet(spot["folder"] / "trials.parquet"))
+    moves = {m["trial_id"]: m for m in timeline["moves"]}
+    assert set(moves) == {spot["lost_trial"], spot["preempted_trial"]}, moves
+    for key in ("lost", "preempted"):
+        move = moves[spot[f"{key}_trial"]]
+        assert move["from"] == spot[f"{key}_node"] and move["to"] != move["from"] and move["node_lost"], move
+    labels = [n["label"] for n in timeline["nodes"]]
+    assert len(set(labels)) == len(labels) == len({s["lane"] for s in timeline["segments"]}), labels
+
+
 def test_faulted_trials_equal_unfaulted_runs(spot):
     """The resumed trials are exact: the same losses, accuracies and step of fit as one process
     training the same config without a fault (one thread, as on a one-CPU node)."""

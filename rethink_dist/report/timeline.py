@@ -91,6 +91,11 @@ def cluster_timeline(rows: pd.DataFrame) -> dict[str, Any] | None:
                  epochs=n["epochs"] + s["epochs"])
     for lane, n in nodes.items():
         n["slots"] = _stack([s for s in segments if s["lane"] == lane])
+    ids = [n["node_id"] for n in nodes.values() if isinstance(n["node_id"], str)]
+    if len({i[:SHORT_ID] for i in ids}) < len(ids):  # ids that share their start (Ray's local provider's)
+        for n in nodes.values():
+            if isinstance(n["node_id"], str):
+                n["label"] = "…" + n["node_id"][-SHORT_ID:]
 
     moves = [{"trial_id": old["trial_id"], "epoch": new["first_epoch"], "from": old["lane"], "to": new["lane"],
               "from_pid": old["pid"], "to_pid": new["pid"], "at": old["end"],
