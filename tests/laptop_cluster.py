@@ -190,7 +190,9 @@ class LaptopCluster:
 # ------------------------------------------------------------------------------------------
 # The spot scenario: the elastic test's and bench/elastic.py's one run
 # ------------------------------------------------------------------------------------------
-SPOT_TRIALS = (("none", 0.0), ("labels", 0.5), ("labels", 1.0))
+# Three trials that differ in their name only: the one no fault reaches is the unfaulted run the
+# other two must equal, epoch by epoch.
+SPOT_TRIALS = ("spot-a", "spot-b", "spot-c")
 
 
 def spot_sweep_file(path: Path, epochs: int, max_train: int) -> Path:
@@ -203,9 +205,9 @@ NAME = "spot"
 
 def trials(data_root=None):
     return [TrialConfig.from_dict({{"data": {{"name": "digits", "max_train": {max_train}}},
-                                    "model": {{"name": "mlp_3x512"}}, "corruption": {{"kind": kind, "level": level}},
-                                    "optim": {{"epochs": {epochs}}}, "device": "cpu"}})
-            for kind, level in {SPOT_TRIALS!r}]
+                                    "model": {{"name": "mlp_3x512"}}, "corruption": {{"kind": "labels", "level": 0.5}},
+                                    "optim": {{"epochs": {epochs}}}, "device": "cpu", "name": name}})
+            for name in {SPOT_TRIALS!r}]
 ''')
     return path
 
@@ -272,7 +274,8 @@ def spot_scenario(root: Path, tracking_uri: str, epochs: int = 400, max_train: i
         # The two trials furthest from their end (the autoscaler started their nodes last).
         lost, preempted = list(last.sort_values("epoch").index[:2])
         assert last.loc[preempted, "epoch"] < 0.75 * epochs, "the trials are nearly done before any fault: make them longer"
-        out.update(lost_trial=lost, preempted_trial=preempted,
+        unfaulted = next(t for t in last.index if t not in (lost, preempted))
+        out.update(lost_trial=lost, preempted_trial=preempted, unfaulted_trial=unfaulted,
                    lost_node=str(last.loc[lost, "node_id"]), preempted_node=str(last.loc[preempted, "node_id"]))
         assert out["lost_node"] != out["preempted_node"], "two trials on one node: gpu_1x has one CPU"
         out["lost_at_epoch"] = int(last.loc[lost, "epoch"])

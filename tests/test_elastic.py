@@ -5,19 +5,17 @@ One sweep of three trials starts with no worker node. The autoscaler adds a node
 trial; mid-run one node is SIGKILLed (a spot node lost without notice) and another is drained
 with reason PREEMPTION and a deadline, then SIGKILLed at the deadline (a spot interruption with
 notice). The sweep must finish with every epoch exactly once in Parquet and MLflow, the two
-faulted trials equal to unfaulted runs of the same configs, the preempted trial having trained
-no finished epoch twice, and the nodes ended once idle (tests/laptop_cluster.py's spot_scenario,
-which bench/elastic.py runs to measure the same things).
+faulted trials equal, epoch by epoch, to the third (the same training, which no fault reached),
+the preempted trial having trained no finished epoch twice, and the nodes ended once idle
+(tests/laptop_cluster.py's spot_scenario, which bench/elastic.py runs to measure the same).
 """
 
 from __future__ import annotations
 
 import pytest
-import torch
 from laptop_cluster import HEAD_NODE_ID, spot_scenario
 from test_sweep import child_runs, mlflow_runs
 
-from rethink_dist.config import TrialConfig
 from rethink_dist.sweep.driver import read_faults
 
 EPOCHS = 400
@@ -96,28 +94,16 @@ def test_the_reports_timeline_marks_both_losses(spot):
     assert len(set(labels)) == len(labels) == len({s["lane"] for s in timeline["segments"]}), labels
 
 
-def test_faulted_trials_equal_unfaulted_runs(spot):
-    """The resumed trials are exact: the same losses, accuracies and step of fit as one process
-    training the same config without a fault (one thread, as on a one-CPU node)."""
-    import json
-
+def test_faulted_trials_equal_the_unfaulted_run(spot):
+    """The resumed trials are exact: the same losses, accuracies and step of fit, epoch by epoch, as
+    the sweep's third trial, the same training (the trials differ in their name only) that no
+    fault reached."""
     import pandas as pd
 
-    from rethink_dist.train import train
-
     df = pd.read_parquet(spot["folder"] / "trials.parquet")
-    plan = {t["trial_id"]: t for t in json.loads((spot["folder"] / "sweep.json").read_text())["trials"]}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for tid in (spot["lost_trial"], spot["preempted_trial"]):
-            ref = train(TrialConfig.from_dict(plan[tid]["config"]))
-            rows = df[df["trial_id"] == tid].sort_values("epoch")
-            for key in ("train_loss", "train_acc", "test_acc", "steps_to_fit"):
-                got = rows[key].tolist()
-                want = [r.get(key) for r in ref["history"]]
-                if key == "steps_to_fit":
-                    got = [None if pd.isna(v) else int(v) for v in got]
-                assert got == want, f"{tid} {key}: the resumed run differs from an unfaulted one"
-    finally:
-        torch.set_num_threads(threads)
+    keys = ["train_loss", "train_acc", "train_acc_corrupted", "test_acc", "steps_to_fit", "labels_fingerprint"]
+    want = df[df["trial_id"] == spot["unfaulted_trial"]].sort_values("epoch")[keys].reset_index(drop=True)
+    assert want["train_loss"].nunique() > 10, "the unfaulted run did not train"
+    for tid in (spot["lost_trial"], spot["preempted_trial"]):
+        got = df[df["trial_id"] == tid].sort_values("epoch")[keys].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want, check_exact=True, obj=f"trial {tid} against the unfaulted run")
