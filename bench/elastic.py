@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -91,8 +92,8 @@ def main() -> int:
         (kind, k) for kind in ("lost", "preempted")
         for k in ("retrained_epochs", "fault_seen_s", "pending_to_node_joined_s", "fault_to_resumed_epoch_s")]
     report = {
-        "bench": "elastic", "date": time.strftime("%Y-%m-%d"), "machine": {"cpu": cpu_name(), "python":
-                                                                         platform.python_version()},
+        "bench": "elastic", "date": time.strftime("%Y-%m-%d"), "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                                                                         "python": platform.python_version()},
         "command": "bench/elastic.py " + " ".join(sys.argv[1:]), "epochs": args.epochs,
         "report_seconds": args.report_seconds, "notice_seconds": args.notice_seconds,
         "median": {".".join(k): round(median(k), 2) for k in keys}, "runs": runs,
