@@ -201,14 +201,15 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     # epochs (a list): keep its JSON and CSV logs (run_sweep adds them), not TensorBoard's.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     # A cluster that Ray cannot join is refused in seconds, before anything is written (ray.init
     # itself would retry it for minutes, after the plan and the MLflow experiment exist).
     given = explicit_address(ray_address)
     if given and not ray.is_initialized():
         probe_ray_address(*given)
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     # A failing tracking server must not stall the trials: the client fails fast and the writer
     # carries on without MLflow until the server answers again (see ResultsWriter).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
