@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VENV_BIN, free_port, one_line_error
-from test_cluster import _kill_node, _node_ports
+from conftest import REPO, VENV_BIN, free_port, kill_node, node_ports, one_line_error
 
 CLI = [sys.executable, "-m", "rethink_dist.cli"]
 QUICK = REPO / "sweeps" / "quick.py"
@@ -152,7 +151,7 @@ class TokenHead:
                  "--num-cpus=1", "--object-store-memory=100000000", "--include-dashboard=false",
                  "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
                  f"--ray-client-server-port={free_port()}", f"--temp-dir={self.ray_tmp}", "--disable-usage-stats",
-                 "--block"] + _node_ports(),
+                 "--block"] + node_ports(),
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 120
         while "Ray runtime started" not in self.log.read_text():
@@ -164,7 +163,7 @@ class TokenHead:
     def shutdown(self):
         import shutil
 
-        _kill_node(self.proc)
+        kill_node(self.proc)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
