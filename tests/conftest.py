@@ -44,6 +44,39 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         proc.wait(10)
 
 
+def node_ports() -> list[str]:
+    """Every port a node would otherwise take at a fixed default (shared machine: never collide)."""
+    return [f"--{name}={free_port()}" for name in (
+        "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "runtime-env-agent-port", "metrics-export-port")]
+
+
+def process_tree(proc: subprocess.Popen) -> list:
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        return [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_node(proc: subprocess.Popen) -> None:
+    """SIGKILL a Ray node a test started: its `ray start --block`, every process under it, its group."""
+    import psutil
+
+    for p in process_tree(proc):
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
 def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """A real `mlflow server` (SQLite store and artifacts under ``root``) on 127.0.0.1; (process, http URI)
     once it answers /health. Stop it with :func:`stop_process`."""

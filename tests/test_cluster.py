@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, VENV_BIN, free_port
+from conftest import REPO, VENV_BIN, free_port, kill_node, node_ports, process_tree
 
 CLUSTER = REPO / "cluster"
 # The configs of `ray up`; cluster/laptop.yaml (Ray's local autoscaler, started by `ray start`) has
@@ -433,39 +433,6 @@ if __name__ == "__main__":
 '''
 
 
-def _node_ports() -> list[str]:
-    """Every port a node would otherwise take at a fixed default (shared machine: never collide)."""
-    return [f"--{name}={free_port()}" for name in (
-        "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-        "runtime-env-agent-port", "metrics-export-port")]
-
-
-def _tree(proc: subprocess.Popen) -> list:
-    import psutil
-
-    try:
-        root = psutil.Process(proc.pid)
-        return [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _kill_node(proc: subprocess.Popen) -> None:
-    """SIGKILL a node started by this test: its `ray start --block`, every process under it, its group."""
-    import psutil
-
-    for p in _tree(proc):
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(30)
-
-
 class TokenCluster:
     """A head (with dashboard and job API on 127.0.0.1) and one worker, each a `ray start --block`
     in its own session, token authentication on, HOME and --temp-dir inside the test's folder."""
@@ -500,7 +467,7 @@ class TokenCluster:
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "w")
-        proc = subprocess.Popen([str(VENV_BIN / "ray"), "start"] + args + _node_ports(), env=self.env, stdout=log,
+        proc = subprocess.Popen([str(VENV_BIN / "ray"), "start"] + args + node_ports(), env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
@@ -540,7 +507,7 @@ class TokenCluster:
 
     def shutdown(self) -> None:
         for proc in reversed(self.procs):
-            _kill_node(proc)
+            kill_node(proc)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
@@ -596,7 +563,7 @@ def test_job_submit_ships_the_users_own_model_and_data(token_cluster, mlflow_ser
     worker_pids: set[int] = set()
     deadline = time.time() + 300
     while cluster.job(submission).get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):
-        worker_pids |= {p.pid for p in _tree(cluster.worker)}
+        worker_pids |= {p.pid for p in process_tree(cluster.worker)}
         assert time.time() < deadline, f"the job did not finish: {cluster.get(f'/api/jobs/{submission}/logs')}"
         time.sleep(0.5)
     logs = _wait_job(cluster, submission, 10)
@@ -653,7 +620,7 @@ def test_job_submit_survives_losing_the_worker_node(token_cluster, mlflow_server
     killed_trial = None
     deadline = time.time() + 150
     while killed_trial is None:
-        worker_pids |= {p.pid for p in _tree(cluster.worker)}
+        worker_pids |= {p.pid for p in process_tree(cluster.worker)}
         by_trial: dict[str, list[int]] = {}
         for r in _parquet_rows(parquet):
             if r.get("pid") in worker_pids:
@@ -661,7 +628,7 @@ def test_job_submit_survives_losing_the_worker_node(token_cluster, mlflow_server
         ready = [t for t, epochs in by_trial.items() if 2 <= max(epochs) <= EPOCHS - 4]
         if ready:
             killed_trial = ready[0]
-            _kill_node(cluster.worker)
+            kill_node(cluster.worker)
             break
         status = cluster.job(submission).get("status")
         assert status in (None, "PENDING", "RUNNING"), f"job {status} before the node could be lost " \

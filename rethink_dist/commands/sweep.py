@@ -13,6 +13,7 @@ from rethink_dist.errors import SweepError, UserError, WriteFailed
 from rethink_dist.files import check_writable
 from rethink_dist.tracking import check_reachable, default_tracking_uri, ui_lines
 from rethink_dist.metrics import fmt
+from rethink_dist.sweep.address import explicit_address, probe_ray_address
 from rethink_dist.sweep.driver import DEFAULT_STORAGE, MAX_FAILURES, run_sweep, storage_paths
 from rethink_dist.sweep.plan import load_sweep
 from rethink_dist.sweep.worker import REPORT_SECONDS
@@ -92,6 +93,9 @@ def run_from_args(path: str, args: argparse.Namespace) -> int:
         check_writable(args.results_dir, "--results-dir", folder=True)
     if args.tracking_uri or "://" not in args.storage:
         check_reachable(args.tracking_uri or default_tracking_uri(args.storage))
+    given = None if args.dry_run else explicit_address(args.ray_address)
+    if given:  # in seconds, before the sweep file loads its libraries (run_sweep checks it too)
+        probe_ray_address(*given)
     overrides = {k: v for k, v in (("cpus", args.cpus_per_trial), ("gpus", args.gpus_per_trial)) if v is not None}
     sweep = load_sweep(path, data_root=args.data_root, smoke=args.smoke, resources=overrides)
     if args.dry_run:

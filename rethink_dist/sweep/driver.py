@@ -26,6 +26,7 @@ from rethink_dist.errors import SweepError
 from rethink_dist.files import STORAGE_WORDS, storage_error, write_json_atomic
 from rethink_dist.parquet import ResultsTable, write_sample_records
 from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, SAMPLES_DIR, SAMPLES_FILE, finite_numbers, summarize
+from rethink_dist.sweep.address import explicit_address, probe_ray_address
 from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import KINDS, Sweep, TrialSpec
 from rethink_dist.sweep.space import SpaceWatch, check_fits, estimate
@@ -204,6 +205,13 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     # Tune's automatic loggers include TensorBoard's, which warns on every report that carries several
     # epochs (a list): keep its JSON and CSV logs (run_sweep adds them), not TensorBoard's.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    import ray
+
+    # A cluster that Ray cannot join is refused in seconds, before anything is written (ray.init
+    # itself would retry it for minutes, after the plan and the MLflow experiment exist).
+    given = explicit_address(ray_address)
+    if given and not ray.is_initialized():
+        probe_ray_address(*given)
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
