@@ -31,7 +31,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
 from laptop_cluster import spot_scenario  # noqa: E402  (the test's own scenario)
 from machine import cpu_name  # noqa: E402
 
-from rethink_dist.sweep.driver import read_faults  # noqa: E402
+from rethink_dist.sweep.results import read_faults  # noqa: E402
 
 
 def measure(root: Path, epochs: int, report_seconds: float, notice_s: float) -> dict:

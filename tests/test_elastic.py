@@ -16,7 +16,7 @@ import pytest
 from laptop_cluster import HEAD_NODE_ID, spot_scenario
 from test_sweep import child_runs, mlflow_runs
 
-from rethink_dist.sweep.driver import read_faults
+from rethink_dist.sweep.results import read_faults
 
 EPOCHS = 400
 

@@ -3,10 +3,11 @@ MLflow metrics here, in one place.
 
 ``run_sweep`` writes ``sweep.json`` (the plan), opens the sweep's MLflow experiment and parent run,
 connects to Ray and runs the trials with :func:`rethink_dist.sweep.worker.trainable`. Each trial
-reports its epochs with a checkpoint; the :class:`ResultsWriter` callback writes them to the
-Parquet table and to the trial's MLflow child run as they arrive, and, when a trial ends (or the
-sweep stops), rewrites the trial's rows from its checkpoint's history: nothing lost, nothing
-doubled. ``--resume`` restores an interrupted experiment and runs only what is unfinished.
+reports its epochs with a checkpoint; the :class:`~rethink_dist.sweep.results.ResultsWriter`
+callback writes them to the Parquet table and to the trial's MLflow child run as they arrive, and,
+when a trial ends (or the sweep stops), rewrites the trial's rows from its checkpoint's history:
+nothing lost, nothing doubled. ``--resume`` restores an interrupted experiment and runs only what
+is unfinished.
 Results: docs/results-format.md.
 """
 
@@ -18,29 +19,25 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rethink_dist import stopping
 from rethink_dist.errors import SweepError
-from rethink_dist.files import STORAGE_WORDS, storage_error, write_json_atomic
-from rethink_dist.parquet import ResultsTable, write_sample_records
-from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, SAMPLES_DIR, SAMPLES_FILE, finite_numbers, summarize
+from rethink_dist.files import storage_error, write_json_atomic
+from rethink_dist.parquet import ResultsTable
 from rethink_dist.sweep.address import explicit_address, probe_ray_address
 from rethink_dist.sweep.lease import Lease
-from rethink_dist.sweep.plan import KINDS, Sweep, TrialSpec
+from rethink_dist.sweep.plan import Sweep, TrialSpec
 from rethink_dist.sweep.space import SpaceWatch, check_fits, estimate
-from rethink_dist.sweep.worker import REPORT_SECONDS, read_progress, trainable
-from rethink_dist.tracking import (TrialRun, check_reachable, default_artifact_location, default_tracking_uri,
-                                   ensure_experiment, ensure_parent_run, finish_run)
+from rethink_dist.sweep.results import ResultsWriter, read_checkpoint_json
+from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
+from rethink_dist.tracking import (check_reachable, default_artifact_location, default_tracking_uri, ensure_experiment,
+                                   ensure_parent_run)
 
 DEFAULT_STORAGE = "results"
 MAX_FAILURES = 5  # retries of one trial (a lost or preempted spot node counts as one); -1: unlimited
-FAULTS_FILE = "faults.jsonl"  # in the results folder: one line per trial process that ended early
-
-# Words of a trial's error that say its process or node went away (rather than its code failing).
-NODE_LOST_WORDS = ("NodeDiedError", "node has died", "node died", "ActorDiedError", "ActorUnavailableError",
-                   "WorkerCrashedError", "RayActorError", "unexpectedly")
 
 
 def connect_ray(address: str | None, num_cpus: int | None, runtime_env: dict[str, Any] | None = None) -> None:
@@ -197,14 +194,14 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
               max_concurrent: int | None = None, ray_address: str | None = None, num_cpus: int | None = None,
               results_dir: str | None = None, verbose: int = 1, max_failures: int = MAX_FAILURES,
               report_seconds: float = REPORT_SECONDS) -> dict[str, Any]:
-    """Run (or resume) a sweep; returns {"results_dir", "parquet", "tracking_uri", "summary": [rows], ...}."""
-    # The classic live trial table, with the columns a researcher watches (set before Tune loads).
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Checkpointing every epoch is the point (exact resume); Tune's advice against it is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's automatic loggers include TensorBoard's, which warns on every report that carries several
-    # epochs (a list): keep its JSON and CSV logs (run_sweep adds them), not TensorBoard's.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    """Run (or resume) a sweep; returns {"results_dir", "parquet", "tracking_uri", "summary": [rows], ...}.
+
+    The steps: check what can be checked before anything is written (the Ray address, the MLflow
+    store, where the results go, the free space); open the sweep (its lease, MLflow experiment and
+    parent run, sweep.json, the Parquet table); connect to Ray; let Tune run the trials, every report
+    going through the :class:`~rethink_dist.sweep.results.ResultsWriter`; count what finished; close.
+    """
+    _tune_environment()
     import ray
 
     # A cluster that Ray cannot join is refused in seconds, before anything is written (ray.init
@@ -212,15 +209,70 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     given = explicit_address(ray_address)
     if given and not ray.is_initialized():
         probe_ray_address(*given)
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    tracking_uri = tracking_uri or default_tracking_uri(storage)
+    check_reachable(tracking_uri)  # before anything is written or Ray starts
+    place = _place(sweep, storage, results_dir, resume)
+    need = _check_space(sweep, place, storage, max_concurrent)
+    opened = _open_sweep(sweep, place, storage, tracking_uri)
+    writer = ResultsWriter(opened["table"], opened["tracking"], sweep.name,
+                           {s.trial_id: s.to_dict() for s in sweep.trials}, {s.trial_id: s.flat() for s in sweep.trials})
+    writer.watch = SpaceWatch([place.folder] + ([Path(place.tune_storage)] if "://" not in place.tune_storage else []),
+                              reserve=2 * need["largest"] + 2**20)
+    job_dir = _connect(sweep, place, opened["lease"], ray_address, num_cpus)
+    status, errors, unfinished = "FINISHED", 0, 0
+    quiet = contextlib.ExitStack()  # until the last write: the final flushes can meet a full disk too
+    quiet.enter_context(_quiet_logs())
+    try:
+        # On --resume, Tune unpickles the callback it saved: inside live() that copy is this writer.
+        with job_dir, opened["table"].live(), writer.live():
+            tuner, todo = _tuner(sweep, place, opened["table"], writer, max_concurrent, max_failures, report_seconds,
+                                 verbose)
+            grid = _fit(tuner, writer)
+            writer.retry_mlflow_now()  # back-fill what an MLflow outage left out
+            errors, unfinished = _tally(grid, todo, writer, opened["table"])
+        status = "FAILED" if errors else "KILLED" if unfinished else "FINISHED"
+    except BaseException:
+        status = "KILLED"
+        raise
+    finally:
+        try:
+            writer.close_sweep(status)
+        finally:
+            opened["lease"].release()  # last: after the final writes
+            quiet.close()
+    table = opened["table"]
+    summary = [rows[-1] for rows in (table.trial_rows(s.trial_id) for s in sweep.trials) if rows]
+    return {"results_dir": str(place.folder), "parquet": str(table.path), "tracking_uri": tracking_uri,
+            "experiment": sweep.name, "experiment_id": opened["tracking"]["experiment_id"], "summary": summary,
+            "errors": errors, "unfinished": unfinished, "planned": len(sweep.trials), "storage_full": writer.storage_full}
 
+
+def _tune_environment() -> None:
+    """Tune's and MLflow's settings for a sweep (before Tune is imported)."""
+    # The classic live trial table, with the columns a researcher watches.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpointing every epoch is the point (exact resume); Tune's advice against it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's automatic loggers include TensorBoard's, which warns on every report that carries several
+    # epochs (a list): keep its JSON and CSV logs (the tuner adds them), not TensorBoard's.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # A failing tracking server must not stall the trials: the client fails fast and the writer
     # carries on without MLflow until the server answers again (see ResultsWriter).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    tracking_uri = tracking_uri or default_tracking_uri(storage)
-    check_reachable(tracking_uri)  # before anything is written or Ray starts
+
+
+@dataclass
+class _Place:
+    """Where a sweep's results go, and what a --resume will find there."""
+    tune_storage: str  # Tune's storage_path (a folder or a bucket)
+    folder: Path  # sweep.json, trials.parquet, faults.jsonl
+    tune_dir: str  # Tune's experiment folder
+    resume: bool  # Tune restores its experiment
+    rebuild: Any  # resume without Tune's state (truthy: why), from the project's own records
+
+
+def _place(sweep: Sweep, storage: str, results_dir: str | None, resume: bool) -> _Place:
     tune_storage, folder = storage_paths(storage, sweep.name)
     if folder is None:
         if results_dir is None:
@@ -242,20 +294,28 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     if not resume and exists:
         raise SweepError(f"sweep {sweep.name!r} already has results at {tune_dir!r}; pass --resume to continue it, "
                          "or choose another --storage")
-    plan = {"sweep": sweep.name, "file": sweep.path, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "tracking_uri": tracking_uri, "storage": tune_storage,
-            "trials": [{**s.to_dict(), "flat": s.flat()} for s in sweep.trials]}
     plan_path = folder / "sweep.json"
     if resume and plan_path.exists():
         old = json.loads(plan_path.read_text())
         if [t["trial_id"] for t in old["trials"]] != [s.trial_id for s in sweep.trials]:
             raise SweepError(f"--resume: the trials of {sweep.path!r} changed since the sweep started; "
                              "Tune cannot change a running sweep's grid: start a new sweep (another --storage)")
-    done = _finished_ids(folder / "trials.parquet") if resume else set()
-    need = estimate([s for s in sweep.trials if s.trial_id not in done], max_concurrent)  # what is still to come
+    return _Place(tune_storage, folder, tune_dir, resume, rebuild)
+
+
+def _check_space(sweep: Sweep, place: _Place, storage: str, max_concurrent: int | None) -> dict[str, Any]:
+    """What the trials still to come need on disk (refused, exit 2, when a local storage lacks it)."""
+    done = _finished_ids(place.folder / "trials.parquet") if place.resume else set()
+    need = estimate([s for s in sweep.trials if s.trial_id not in done], max_concurrent)
     if "://" not in storage:
-        check_fits(folder, need, "--storage")
-    # A sweep refused from here on (another driver holds it, MLflow refuses it) leaves nothing behind.
+        check_fits(place.folder, need, "--storage")
+    return need
+
+
+def _open_sweep(sweep: Sweep, place: _Place, storage: str, tracking_uri: str) -> dict[str, Any]:
+    """The sweep's lease, MLflow experiment and parent run, sweep.json and Parquet table. A sweep
+    refused here (another driver holds it, MLflow refuses it) leaves nothing behind."""
+    folder = place.folder
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     lease = Lease(folder, sweep.name)
@@ -266,14 +326,18 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
                                               default_artifact_location(tracking_uri, storage, sweep.name))
             parent = ensure_parent_run(tracking_uri, experiment_id, sweep.name,
                                        {"sweep_file": sweep.path, "num_trials": len(sweep.trials),
-                                        "storage": tune_storage})
+                                        "storage": place.tune_storage})
         except Exception as e:  # MlflowException, connection errors: the store refuses the sweep
             if isinstance(e, SweepError):
                 raise
             raise SweepError(f"MLflow at {tracking_uri} refused the sweep's experiment: "
                              f"{str(e).splitlines()[0]}") from None
-        if not (resume and plan_path.exists()):
-            write_json_atomic(plan_path, plan, indent=1)
+        plan_path = folder / "sweep.json"
+        if not (place.resume and plan_path.exists()):
+            write_json_atomic(plan_path, {
+                "sweep": sweep.name, "file": sweep.path, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "tracking_uri": tracking_uri, "storage": place.tune_storage,
+                "trials": [{**s.to_dict(), "flat": s.flat()} for s in sweep.trials]}, indent=1)
         table = ResultsTable(folder / "trials.parquet")
         print(f"sweep {sweep.name!r}: {len(sweep.trials)} trials", file=sys.stderr, flush=True)
     except BaseException:
@@ -284,24 +348,48 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         raise
     tracking = {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent,
                 "sweep": sweep.name}
-    writer = ResultsWriter(table, tracking, sweep.name, {s.trial_id: s.to_dict() for s in sweep.trials},
-                           {s.trial_id: s.flat() for s in sweep.trials})
-    writer.watch = SpaceWatch([folder] + ([Path(tune_storage)] if "://" not in tune_storage else []),
-                              reserve=2 * need["largest"] + 2**20)
+    return {"lease": lease, "tracking": tracking, "table": table}
 
+
+def _connect(sweep: Sweep, place: _Place, lease: Lease, ray_address: str | None,
+             num_cpus: int | None) -> contextlib.ExitStack:
+    """Join Ray; returns the context that keeps this process out of Ray's working dir meanwhile."""
     # Before Ray starts: Ray may replace a job's working dir (this process's folder) as soon as it
     # sets up workers on this node, even for the driver's own connection.
     job_dir = contextlib.ExitStack()
-    job_dir.enter_context(_outside_ray_working_dir(folder))
+    job_dir.enter_context(_outside_ray_working_dir(place.folder))
     try:
         connect_ray(ray_address, num_cpus, sweep.runtime_env)
     except BaseException:
         job_dir.close()
         lease.release()
         raise
+    return job_dir
+
+
+def _tuner(sweep: Sweep, place: _Place, table: ResultsTable, writer: ResultsWriter, max_concurrent: int | None,
+           max_failures: int, report_seconds: float, verbose: int):
+    """Tune's experiment: restored (--resume), rebuilt from the project's records (its state
+    unreadable), or new; with the trials it runs."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     fn = tune.with_resources(trainable, _trial_resources)
+    todo, rebuild = list(sweep.trials), place.rebuild
+    if place.resume:
+        print(resume_line(sweep, table, place.tune_dir), file=sys.stderr, flush=True)
+        if not rebuild:
+            rebuild = _tune_state_problem(place.tune_dir) or False
+        if not rebuild:
+            try:
+                return tune.Tuner.restore(place.tune_dir, fn, resume_unfinished=True, resume_errored=True), todo
+            except Exception as e:  # a damaged experiment state (JSONDecodeError, KeyError 'spec', ...)
+                rebuild = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    ctx: dict[str, Any] = {"report_seconds": report_seconds}
+    if rebuild:
+        todo, ctx["resume_from"] = _rebuild_plan(sweep, table, place.tune_dir, rebuild)
     run_config = tune.RunConfig(
-        name="tune", storage_path=tune_storage,
+        name="tune", storage_path=place.tune_storage,
         failure_config=tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[writer.as_tune_callback(), JsonLoggerCallback(), CSVLoggerCallback()], verbose=verbose,
@@ -311,78 +399,50 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
             parameter_columns={"spec/run_name": "run"}, max_report_frequency=20, print_intermediate_tables=True,
         ),
     )
-    status = "FINISHED"
-    errors = unfinished = 0
-    quiet = contextlib.ExitStack()  # until the last write: the final flushes can meet a full disk too
-    quiet.enter_context(_quiet_logs())
+    # A trial's actor (its process, with torch imported) runs the next trial that asks for the same
+    # resources instead of a fresh process per trial.
+    tuner = tune.Tuner(
+        fn, param_space={"spec": tune.grid_search([s.to_dict() for s in todo]), "ctx": ctx}, run_config=run_config,
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+    )
+    return tuner, todo
+
+
+def _fit(tuner, writer: ResultsWriter):
+    """Tune's run; its result grid, or None when the storage refused Tune's own files."""
+    # The first Ctrl-C, SIGTERM or SIGHUP stops Tune as its own SIGUSR1 does: no new trials, the
+    # results already reported land, fit() returns with some trials unfinished. A second one
+    # raises KeyboardInterrupt (rethink_dist/stopping.py).
     try:
-        # On --resume, Tune unpickles the callback it saved: inside live() that copy is this writer.
-        with job_dir, table.live(), writer.live():
-            todo, tuner = list(sweep.trials), None
-            if resume:
-                print(resume_line(sweep, table, tune_dir), file=sys.stderr, flush=True)
-            if resume and not rebuild:
-                rebuild = _tune_state_problem(tune_dir) or False
-            if resume and not rebuild:
-                try:
-                    tuner = tune.Tuner.restore(tune_dir, fn, resume_unfinished=True, resume_errored=True)
-                except Exception as e:  # a damaged experiment state (JSONDecodeError, KeyError 'spec', ...)
-                    rebuild = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            ctx = {"report_seconds": report_seconds}
-            if rebuild:
-                todo, ctx["resume_from"] = _rebuild_plan(sweep, table, tune_dir, rebuild)
-            if tuner is None:
-                param_space = {"spec": tune.grid_search([s.to_dict() for s in todo]), "ctx": ctx}
-                # A trial's actor (its process, with torch imported) runs the next trial that asks
-                # for the same resources instead of a fresh process per trial.
-                tuner = tune.Tuner(
-                    fn, param_space=param_space, run_config=run_config,
-                    tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
-                                                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-                )
-            # The first Ctrl-C, SIGTERM or SIGHUP stops Tune as its own SIGUSR1 does: no new trials, the
-            # results already reported land, fit() returns with some trials unfinished. A second one
-            # raises KeyboardInterrupt (rethink_dist/stopping.py).
-            try:
-                with _tune_signals():
-                    grid = tuner.fit()
-            except Exception as e:
-                # Tune reads back what it wrote (a trial's error file, its state); on a storage that
-                # refused writes that can fail too: the sweep stops, the project's records are kept.
-                if writer.storage_full is None and not storage_error(e):
-                    raise
-                writer.stop_for_storage(f"Tune could not read back its files ({type(e).__name__}: {e})")
-                grid = None
-            writer.retry_mlflow_now()  # back-fill what an MLflow outage left out
-            for result in grid or []:
-                tid = ((result.config or {}).get("spec") or {}).get("trial_id")
-                failed = result.error is not None or bool((result.metrics or {}).get("diverged"))
-                if failed and writer.storage_full and storage_error(str(result.error)):
-                    failed = False  # stopped by the full storage, not by a fault of its own: --resume continues it
-                done = not failed and bool((result.metrics or {}).get("done_training"))
-                errors += failed
-                unfinished += not failed and not done
-                writer.reconcile(tid, result.checkpoint, finished=done,
-                                 status="FINISHED" if done else "FAILED" if failed else "KILLED")
-            # Trials an interrupted Tune never started have no result at all: unfinished too.
-            unfinished += max(0, len(todo) - len(grid)) if grid is not None else \
-                sum(not _finished(table, s.trial_id) for s in todo)  # no result grid: by the Parquet table
-        status = "FAILED" if errors else "KILLED" if unfinished else "FINISHED"
-    except BaseException:
-        status = "KILLED"
-        raise
-    finally:
-        try:
-            writer._table_write(table.flush)
-            writer.flush()
-            writer._mlflow("ending the sweep's run", finish_run, tracking_uri, parent, status)
-        finally:
-            lease.release()  # last: after the final writes
-            quiet.close()
-    summary = [rows[-1] for rows in (table.trial_rows(s.trial_id) for s in sweep.trials) if rows]
-    return {"results_dir": str(folder), "parquet": str(folder / "trials.parquet"), "tracking_uri": tracking_uri,
-            "experiment": sweep.name, "experiment_id": experiment_id, "summary": summary, "errors": errors,
-            "unfinished": unfinished, "planned": len(sweep.trials), "storage_full": writer.storage_full}
+        with _tune_signals():
+            return tuner.fit()
+    except Exception as e:
+        # Tune reads back what it wrote (a trial's error file, its state); on a storage that
+        # refused writes that can fail too: the sweep stops, the project's records are kept.
+        if writer.storage_full is None and not storage_error(e):
+            raise
+        writer.stop_for_storage(f"Tune could not read back its files ({type(e).__name__}: {e})")
+        return None
+
+
+def _tally(grid, todo: list[TrialSpec], writer: ResultsWriter, table: ResultsTable) -> tuple[int, int]:
+    """(failed, unfinished) trials; each trial's rows and MLflow run rewritten from its last checkpoint."""
+    errors = unfinished = 0
+    for result in grid or []:
+        tid = ((result.config or {}).get("spec") or {}).get("trial_id")
+        failed = result.error is not None or bool((result.metrics or {}).get("diverged"))
+        if failed and writer.storage_full and storage_error(str(result.error)):
+            failed = False  # stopped by the full storage, not by a fault of its own: --resume continues it
+        done = not failed and bool((result.metrics or {}).get("done_training"))
+        errors += failed
+        unfinished += not failed and not done
+        writer.reconcile(tid, result.checkpoint, finished=done,
+                         status="FINISHED" if done else "FAILED" if failed else "KILLED")
+    # Trials an interrupted Tune never started have no result at all: unfinished too.
+    unfinished += max(0, len(todo) - len(grid)) if grid is not None else \
+        sum(not _finished(table, s.trial_id) for s in todo)  # no result grid: by the Parquet table
+    return errors, unfinished
 
 
 def _finished_ids(parquet: Path) -> set[str]:
@@ -502,351 +562,3 @@ def run_one_trial(spec: TrialSpec, tracking_uri: str | None = None, experiment: 
     finally:
         writer.flush()
         shutil.rmtree(storage, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------
-# Every report -> Parquet and MLflow
-# ------------------------------------------------------------------------------------------
-_LIVE: dict[str, "ResultsWriter"] = {}  # the writer of a running sweep, by its key (see live())
-
-
-class ResultsWriter:
-    """Driver side: each reported epoch goes into the Parquet table (``table``, if any) and the trial's
-    MLflow run (``tracking``, if any) as it arrives; a trial's end rewrites both from its checkpoint."""
-
-    def __init__(self, table: ResultsTable | None, tracking: dict[str, Any] | None, sweep: str,
-                 specs: dict[str, dict[str, Any]], flats: dict[str, dict[str, Any]]):
-        self.table, self.tracking, self.sweep, self.specs, self.flats = table, tracking, sweep, specs, flats
-        self.key = str(table.path.resolve()) if table is not None else None
-        self.runs: dict[str, TrialRun] = {}
-        self.last: dict[str, dict[str, Any]] = {}  # each trial's last reported result
-        self.closed: set[str] = set()  # trials whose MLflow run has its final status
-        self.down_since: float | None = None  # when MLflow stopped answering (None: it answers)
-        self.watch: SpaceWatch | None = None  # set by run_sweep for local storage
-        self.storage_full: str | None = None  # the line that stopped the sweep for want of space
-
-    # Tune pickles its callbacks with the experiment state and unpickles them on --resume. Unpickled
-    # while this sweep's writer is live, the copy is that writer (one state: its MLflow runs, what
-    # they have logged); otherwise a fresh writer of the same sweep.
-    def __getstate__(self) -> dict[str, Any]:
-        self.flush()
-        return {"args": (self.table, self.tracking, self.sweep, self.specs, self.flats), "key": self.key}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        live = _LIVE.get(state["key"]) if state["key"] else None
-        if live is not None:
-            self.__dict__ = live.__dict__
-        else:
-            self.__init__(*state["args"])
-
-    def live(self):
-        """While inside, copies of this writer unpickled in this process share its state."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def scope():
-            if self.key is not None:
-                _LIVE[self.key] = self
-            try:
-                yield self
-            finally:
-                self.flush()
-                if self.key is not None:
-                    _LIVE.pop(self.key, None)
-
-        return scope()
-
-    # ------------------------------------------------------------------ MLflow
-    def _run(self, tid: str) -> TrialRun | None:
-        if self.tracking is None:
-            return None
-        if tid not in self.runs:
-            t = self.tracking
-            run = TrialRun(t["tracking_uri"], t["experiment_id"], tid, self.specs[tid]["run_name"],
-                           t.get("parent_run_id"), t.get("sweep", ""))
-            run.log_params(self.flats[tid])
-            self.runs[tid] = run
-        return self.runs[tid]
-
-    def flush(self) -> None:
-        for run in self.runs.values():
-            self._mlflow("sending epochs", run.flush)
-
-    RETRY_SECONDS = 60.0  # after an MLflow failure, try again at most this often (at a trial's end)
-
-    def _mlflow(self, what: str, fn, *args, **kwargs) -> Any:
-        """One MLflow step. When it fails, say so once and go on without MLflow: the trials keep
-        training, their rows still reach Parquet, and their runs are back-filled from the
-        checkpoints when MLflow answers again (a trial's end, the sweep's end, or ``--resume``)."""
-        if self.tracking is None or self.down_since is not None:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            self.down_since = time.monotonic()
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            print(f"rethink-dist: warning: MLflow at {self.tracking['tracking_uri']} failed ({what}: {msg}); the "
-                  "trials keep training and their rows still go to trials.parquet; their MLflow runs will be "
-                  "back-filled from the checkpoints when it answers again (at a trial's end, the sweep's end, "
-                  "or with --resume)", file=sys.stderr, flush=True)
-            return None
-
-    def retry_mlflow_now(self) -> None:
-        """Try MLflow again (after an outage) at the next step."""
-        self.down_since = None
-
-    def _maybe_retry_mlflow(self) -> None:
-        if self.down_since is not None and time.monotonic() - self.down_since >= self.RETRY_SECONDS:
-            self.down_since = None
-
-    # ------------------------------------------------------------------ the storage
-    def stop_for_storage(self, line: str) -> None:
-        """Say once that the storage refuses writes, and stop the sweep as on Ctrl-C: Tune starts no
-        new trial, what was reported lands; ``--resume`` continues once there is room."""
-        if self.storage_full is not None:
-            return
-        self.storage_full = line
-        print(f"rethink-dist: {line}; stopping the sweep (what was recorded is kept: free some space or make it "
-              "writable, then continue with --resume)", file=sys.stderr, flush=True)
-        import signal
-
-        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own graceful stop (its handler, while fit() runs)
-
-    def _check_storage(self) -> None:
-        line = self.watch.short() if self.watch is not None and self.storage_full is None else None
-        if line:
-            self.stop_for_storage(line)
-
-    def _table_write(self, fn, *args, path: Path | None = None) -> None:
-        """A write of the Parquet table (or of a trial's ``path``); a storage that refuses it stops the
-        sweep (the rows stay in memory and in the trials' checkpoints: the next flush, or --resume,
-        writes them)."""
-        try:
-            fn(*args)
-        except OSError as e:
-            if not storage_error(e):
-                raise
-            self.stop_for_storage(f"writing {str(path or self.table.path)!r} failed ({e.strerror or e})")
-
-    # ------------------------------------------------------------------ Tune's events
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        tid = trial.config.get("spec", {}).get("trial_id")  # result["trial_id"] is Tune's own id
-        if tid not in self.specs:
-            return
-        self._check_storage()
-        # A report carries one epoch or several; a diverged trial's last report, none.
-        records = [] if result.get("diverged") else result.get("records") or [result]
-        self.last[tid] = records[-1] if records else result
-        if self.table is not None:
-            for epoch in records:
-                record = {k: epoch[k] for k in RECORD_KEYS if k in epoch}
-                record["finished"] = False
-                self._table_write(self.table.add, self._row(tid, record))
-        self._mlflow("logging epochs", self._log_result, tid, result, records)
-
-    def _log_result(self, tid: str, result: dict[str, Any], records: list[dict[str, Any]]) -> None:
-        run = self._run(tid)
-        if run is None:
-            return
-        if result.get("meta"):
-            run.log_meta(result["meta"])
-        if result.get("diverged"):
-            run.set_tags({LAST_ERROR: result["diverged"]})
-        for epoch in records:
-            run.log_epoch(epoch)  # Tune holds the checkpoint that contains this epoch
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.reconcile(trial.config.get("spec", {}).get("trial_id"), trial.checkpoint, finished=True)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        self._error(trial, final=False)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._error(trial, final=True)
-
-    def _error(self, trial, final: bool) -> None:
-        tid = trial.config.get("spec", {}).get("trial_id")
-        if tid not in self.specs:
-            return
-        try:
-            error = str(trial.get_error() or "")
-        except Exception:  # the error file may be unreadable; the tag says so
-            error = "(the trial's error text could not be read)"
-        if not error.strip():  # kept in the storage, which may be the thing that fails: Tune's local copy
-            with contextlib.suppress(Exception):
-                error = Path(trial.error_file).read_text()
-        if storage_error(error):
-            where = f" to {str(self.watch.folders[-1])!r}" if self.watch is not None else ""
-            self.stop_for_storage(f"trial {tid} could not write its checkpoint{where} "
-                                  f"({next(w for w in STORAGE_WORDS if w in error)})")
-        self._mlflow("tagging a failed trial", self._tag_error, tid, error[-4000:] or "unknown error")
-        self._record_fault(trial, tid, error, final)
-        if final:
-            self.reconcile(tid, trial.checkpoint, finished=False, status="FAILED")
-
-    def _record_fault(self, trial, tid: str, error: str, final: bool) -> None:
-        """A trial's process ended before the trial: what it was (preempted with notice, its node lost,
-        its own error) and how many finished epochs it must train again (those after its last
-        checkpoint: every report carries one), as a line of faults.jsonl and of the console."""
-        last = self.last.get(tid) or {}
-        checkpoint = int(last.get("epoch") or 0)
-        reached = read_progress(trial.trial_id)
-        kind = ("preempted" if "NodePreempted" in error else
-                "node lost" if any(w in error for w in NODE_LOST_WORDS) else "error")
-        fault = {"time": time.time(), "trial_id": tid, "kind": kind, "node_id": last.get("node_id"),
-                 "checkpoint_epoch": checkpoint, "reached_epoch": reached,
-                 "retrained_epochs": None if reached is None else max(0, reached - checkpoint), "final": final}
-        again = "" if fault["retrained_epochs"] is None else f", {fault['retrained_epochs']} finished epochs to train again"
-        then = "it has no retry left" if final else f"it continues from its checkpoint at epoch {checkpoint}"
-        print(f"rethink-dist: trial {tid}: {kind} (node {fault['node_id'] or '?'}, reached epoch "
-              f"{reached if reached is not None else '?'}{again}); {then}", file=sys.stderr, flush=True)
-        if self.table is not None:
-            path = self.table.path.parent / FAULTS_FILE
-            self._table_write(_append_line, path, json.dumps(fault), path=path)
-
-    def _tag_error(self, tid: str, error: str) -> None:
-        run = self._run(tid)
-        if run is not None:
-            run.flush()
-            run.set_tags({LAST_ERROR: error})
-
-    def reconcile(self, tid: str | None, checkpoint, finished: bool, status: str = "FINISHED") -> None:
-        """Rewrite a trial's rows from its checkpoint's history (nothing lost, nothing doubled), give
-        its MLflow run every epoch it lacks, and, once, its summary and final status."""
-        if tid not in self.specs:
-            return
-        finished = finished and not self.last.get(tid, {}).get("diverged")
-        rows = self.table.trial_rows(tid) if self.table is not None else []
-        history = _read_history(checkpoint, tid)
-        if history is not None:
-            known = {int(r["epoch"]): r for r in rows}
-            rows = []
-            for rec in history:
-                kept = {k: v for k, v in known.get(int(rec["epoch"]), {}).items() if k in PLACEMENT_KEYS}
-                rows.append(self._row(tid, {**{k: v for k, v in rec.items() if k in RECORD_KEYS}, **kept}))
-        if rows and self.table is not None:
-            for r in rows:
-                r["finished"] = False
-            rows[-1]["finished"] = finished
-            self._table_write(self.table.replace_trial, tid, rows)
-            samples = read_checkpoint_samples(checkpoint, tid) if history is not None else None
-            if samples is not None:  # sample_records: samples/<trial_id>.parquet beside trials.parquet
-                path = self.table.path.parent / SAMPLES_DIR / f"{tid}.parquet"
-                self._table_write(write_sample_records, path, tid, samples, path=path)
-        if self.tracking is None or tid in self.closed:
-            return
-        self._maybe_retry_mlflow()
-        meta = read_checkpoint_json(checkpoint, "meta.json") if history is not None else None
-        if self._mlflow("closing a trial's run", self._close_run, tid, history, rows, meta, finished, status):
-            self.closed.add(tid)
-
-    def _close_run(self, tid: str, history, rows, meta, finished: bool, status: str) -> bool:
-        """Give the run every epoch of the checkpoint it lacks, its facts, its summary and status."""
-        run = self._run(tid)
-        if meta:
-            run.log_meta(meta)
-        run.sync_history(history or rows)
-        last = self.last.get(tid) or (rows[-1] if rows else {})
-        if last.get("diverged"):
-            finished, status = False, "FAILED"
-            run.set_tags({LAST_ERROR: last["diverged"]})
-        if finished:
-            theory = KINDS[self.specs[tid]["kind"]].theory
-            run.finish(finite_numbers(last, last) if theory else summarize(history or rows), status)
-        else:
-            run.finish({}, status)
-        return True
-
-    def _row(self, tid: str, record: dict[str, Any]) -> dict[str, Any]:
-        spec = self.specs[tid]
-        row = {"trial_id": tid, "sweep": self.sweep, "run_name": spec["run_name"], "kind": spec["kind"]}
-        row.update(record)
-        row.update(self.flats[tid])
-        return row
-
-    def on_step_end(self, iteration, trials, **info):
-        self._check_storage()  # every turn of Tune's loop (at most every WATCH_SECONDS)
-
-    def on_experiment_end(self, trials, **info):
-        if self.table is not None:
-            self._table_write(self.table.flush)
-        self.flush()
-
-    def as_tune_callback(self):
-        """This writer as a ray.tune.Callback (built here so importing this module needs no Ray)."""
-        from ray.tune import Callback
-
-        writer = self
-
-        class _Callback(Callback):
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                writer.on_trial_result(iteration, trials, trial, result, **info)
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                writer.on_trial_complete(iteration, trials, trial, **info)
-
-            def on_trial_recover(self, iteration, trials, trial, **info):
-                writer.on_trial_recover(iteration, trials, trial, **info)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                writer.on_trial_error(iteration, trials, trial, **info)
-
-            def on_step_end(self, iteration, trials, **info):
-                writer.on_step_end(iteration, trials, **info)
-
-            def on_experiment_end(self, trials, **info):
-                writer.on_experiment_end(trials, **info)
-
-        return _Callback()
-
-
-def _append_line(path: Path, line: str) -> None:
-    with open(path, "a") as f:
-        f.write(line + "\n")
-
-
-def read_faults(folder: Path) -> list[dict[str, Any]]:
-    """The faults.jsonl of a sweep's results folder ([] when no trial process ended early)."""
-    path = Path(folder) / FAULTS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def read_checkpoint_json(checkpoint: Any, name: str) -> Any:
-    """A JSON file of a Ray checkpoint (local or in a bucket), read without fetching state.pt; None if absent."""
-    if checkpoint is None:
-        return None
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
-            return json.loads(f.read().decode())
-    except FileNotFoundError:
-        return None
-
-
-def read_checkpoint_samples(checkpoint: Any, tid: str) -> dict[str, Any] | None:
-    """The per-sample records of a trial's checkpoint (``samples.npz``, sample_records on), or None."""
-    import io
-
-    import numpy as np
-
-    if checkpoint is None:
-        return None
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{SAMPLES_FILE}") as f:
-            data = np.load(io.BytesIO(f.read()))
-            return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # a damaged file: say so, keep the rest
-        print(f"rethink-dist: could not read the per-sample records of {tid}: {e}", file=sys.stderr)
-        return None
-
-
-def _read_history(checkpoint, tid: str) -> list[dict[str, Any]] | None:
-    """The epoch records of a trial's checkpoint (``history.json``), or None."""
-    try:
-        return read_checkpoint_json(checkpoint, "history.json")
-    except Exception as e:  # keep the rows we have; say so
-        print(f"rethink-dist: could not read the checkpoint of {tid}: {e}", file=sys.stderr)
-        return None

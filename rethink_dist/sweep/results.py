@@ -1,0 +1,391 @@
+"""The driver's writer: every report Tune hands the driver becomes Parquet rows and MLflow metrics here.
+
+:class:`ResultsWriter` is a Tune callback (:meth:`ResultsWriter.as_tune_callback`). Each reported
+epoch goes to the Parquet table and to the trial's MLflow child run as it arrives; when a trial
+ends (or the sweep stops) :meth:`ResultsWriter.reconcile` rewrites its rows from its checkpoint's
+history, so nothing is lost and nothing doubled. An MLflow outage pauses the MLflow side (the
+trials go on; the runs are back-filled from the checkpoints once it answers); a storage that
+refuses writes stops the sweep in one line (:meth:`ResultsWriter.stop_for_storage`); a trial
+process that ends early is a line of faults.jsonl (:data:`FAULTS_FILE`). The driver
+(:mod:`rethink_dist.sweep.driver`) uses :meth:`live`, :meth:`write_table`, :meth:`reconcile`,
+:meth:`retry_mlflow_now` and :meth:`close_sweep`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rethink_dist.files import STORAGE_WORDS, storage_error
+from rethink_dist.parquet import ResultsTable, write_sample_records
+from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, SAMPLES_DIR, SAMPLES_FILE, finite_numbers, summarize
+from rethink_dist.sweep.plan import KINDS
+from rethink_dist.sweep.space import SpaceWatch
+from rethink_dist.sweep.worker import read_progress
+from rethink_dist.tracking import TrialRun, finish_run
+
+FAULTS_FILE = "faults.jsonl"  # in the results folder: one line per trial process that ended early
+
+# Words of a trial's error that say its process or node went away (rather than its code failing).
+NODE_LOST_WORDS = ("NodeDiedError", "node has died", "node died", "ActorDiedError", "ActorUnavailableError",
+                   "WorkerCrashedError", "RayActorError", "unexpectedly")
+
+_LIVE: dict[str, "ResultsWriter"] = {}  # the writer of a running sweep, by its key (see live())
+
+
+class ResultsWriter:
+    """Driver side: each reported epoch goes into the Parquet table (``table``, if any) and the trial's
+    MLflow run (``tracking``, if any) as it arrives; a trial's end rewrites both from its checkpoint."""
+
+    def __init__(self, table: ResultsTable | None, tracking: dict[str, Any] | None, sweep: str,
+                 specs: dict[str, dict[str, Any]], flats: dict[str, dict[str, Any]]):
+        self.table, self.tracking, self.sweep, self.specs, self.flats = table, tracking, sweep, specs, flats
+        self.key = str(table.path.resolve()) if table is not None else None
+        self.runs: dict[str, TrialRun] = {}
+        self.last: dict[str, dict[str, Any]] = {}  # each trial's last reported result
+        self.closed: set[str] = set()  # trials whose MLflow run has its final status
+        self.down_since: float | None = None  # when MLflow stopped answering (None: it answers)
+        self.watch: SpaceWatch | None = None  # set by run_sweep for local storage
+        self.storage_full: str | None = None  # the line that stopped the sweep for want of space
+
+    # Tune pickles its callbacks with the experiment state and unpickles them on --resume. Unpickled
+    # while this sweep's writer is live, the copy is that writer (one state: its MLflow runs, what
+    # they have logged); otherwise a fresh writer of the same sweep.
+    def __getstate__(self) -> dict[str, Any]:
+        self.flush()
+        return {"args": (self.table, self.tracking, self.sweep, self.specs, self.flats), "key": self.key}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        live = _LIVE.get(state["key"]) if state["key"] else None
+        if live is not None:
+            self.__dict__ = live.__dict__
+        else:
+            self.__init__(*state["args"])
+
+    def live(self):
+        """While inside, copies of this writer unpickled in this process share its state."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            if self.key is not None:
+                _LIVE[self.key] = self
+            try:
+                yield self
+            finally:
+                self.flush()
+                if self.key is not None:
+                    _LIVE.pop(self.key, None)
+
+        return scope()
+
+    # ------------------------------------------------------------------ MLflow
+    def _run(self, tid: str) -> TrialRun | None:
+        if self.tracking is None:
+            return None
+        if tid not in self.runs:
+            t = self.tracking
+            run = TrialRun(t["tracking_uri"], t["experiment_id"], tid, self.specs[tid]["run_name"],
+                           t.get("parent_run_id"), t.get("sweep", ""))
+            run.log_params(self.flats[tid])
+            self.runs[tid] = run
+        return self.runs[tid]
+
+    def flush(self) -> None:
+        for run in self.runs.values():
+            self._mlflow("sending epochs", run.flush)
+
+    RETRY_SECONDS = 60.0  # after an MLflow failure, try again at most this often (at a trial's end)
+
+    def _mlflow(self, what: str, fn, *args, **kwargs) -> Any:
+        """One MLflow step. When it fails, say so once and go on without MLflow: the trials keep
+        training, their rows still reach Parquet, and their runs are back-filled from the
+        checkpoints when MLflow answers again (a trial's end, the sweep's end, or ``--resume``)."""
+        if self.tracking is None or self.down_since is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self.down_since = time.monotonic()
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"rethink-dist: warning: MLflow at {self.tracking['tracking_uri']} failed ({what}: {msg}); the "
+                  "trials keep training and their rows still go to trials.parquet; their MLflow runs will be "
+                  "back-filled from the checkpoints when it answers again (at a trial's end, the sweep's end, "
+                  "or with --resume)", file=sys.stderr, flush=True)
+            return None
+
+    def retry_mlflow_now(self) -> None:
+        """Try MLflow again (after an outage) at the next step."""
+        self.down_since = None
+
+    def _maybe_retry_mlflow(self) -> None:
+        if self.down_since is not None and time.monotonic() - self.down_since >= self.RETRY_SECONDS:
+            self.down_since = None
+
+    # ------------------------------------------------------------------ the storage
+    def stop_for_storage(self, line: str) -> None:
+        """Say once that the storage refuses writes, and stop the sweep as on Ctrl-C: Tune starts no
+        new trial, what was reported lands; ``--resume`` continues once there is room."""
+        if self.storage_full is not None:
+            return
+        self.storage_full = line
+        print(f"rethink-dist: {line}; stopping the sweep (what was recorded is kept: free some space or make it "
+              "writable, then continue with --resume)", file=sys.stderr, flush=True)
+        import signal
+
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own graceful stop (its handler, while fit() runs)
+
+    def _check_storage(self) -> None:
+        line = self.watch.short() if self.watch is not None and self.storage_full is None else None
+        if line:
+            self.stop_for_storage(line)
+
+    def write_table(self, fn, *args, path: Path | None = None) -> None:
+        """A write of the Parquet table (or of a trial's ``path``); a storage that refuses it stops the
+        sweep (the rows stay in memory and in the trials' checkpoints: the next flush, or --resume,
+        writes them)."""
+        try:
+            fn(*args)
+        except OSError as e:
+            if not storage_error(e):
+                raise
+            self.stop_for_storage(f"writing {str(path or self.table.path)!r} failed ({e.strerror or e})")
+
+    # ------------------------------------------------------------------ Tune's events
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = trial.config.get("spec", {}).get("trial_id")  # result["trial_id"] is Tune's own id
+        if tid not in self.specs:
+            return
+        self._check_storage()
+        # A report carries one epoch or several; a diverged trial's last report, none.
+        records = [] if result.get("diverged") else result.get("records") or [result]
+        self.last[tid] = records[-1] if records else result
+        if self.table is not None:
+            for epoch in records:
+                record = {k: epoch[k] for k in RECORD_KEYS if k in epoch}
+                record["finished"] = False
+                self.write_table(self.table.add, self._row(tid, record))
+        self._mlflow("logging epochs", self._log_result, tid, result, records)
+
+    def _log_result(self, tid: str, result: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        run = self._run(tid)
+        if run is None:
+            return
+        if result.get("meta"):
+            run.log_meta(result["meta"])
+        if result.get("diverged"):
+            run.set_tags({LAST_ERROR: result["diverged"]})
+        for epoch in records:
+            run.log_epoch(epoch)  # Tune holds the checkpoint that contains this epoch
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.reconcile(trial.config.get("spec", {}).get("trial_id"), trial.checkpoint, finished=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._error(trial, final=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._error(trial, final=True)
+
+    def _error(self, trial, final: bool) -> None:
+        tid = trial.config.get("spec", {}).get("trial_id")
+        if tid not in self.specs:
+            return
+        try:
+            error = str(trial.get_error() or "")
+        except Exception:  # the error file may be unreadable; the tag says so
+            error = "(the trial's error text could not be read)"
+        if not error.strip():  # kept in the storage, which may be the thing that fails: Tune's local copy
+            with contextlib.suppress(Exception):
+                error = Path(trial.error_file).read_text()
+        if storage_error(error):
+            where = f" to {str(self.watch.folders[-1])!r}" if self.watch is not None else ""
+            self.stop_for_storage(f"trial {tid} could not write its checkpoint{where} "
+                                  f"({next(w for w in STORAGE_WORDS if w in error)})")
+        self._mlflow("tagging a failed trial", self._tag_error, tid, error[-4000:] or "unknown error")
+        self._record_fault(trial, tid, error, final)
+        if final:
+            self.reconcile(tid, trial.checkpoint, finished=False, status="FAILED")
+
+    def _record_fault(self, trial, tid: str, error: str, final: bool) -> None:
+        """A trial's process ended before the trial: what it was (preempted with notice, its node lost,
+        its own error) and how many finished epochs it must train again (those after its last
+        checkpoint: every report carries one), as a line of faults.jsonl and of the console."""
+        last = self.last.get(tid) or {}
+        checkpoint = int(last.get("epoch") or 0)
+        reached = read_progress(trial.trial_id)
+        kind = ("preempted" if "NodePreempted" in error else
+                "node lost" if any(w in error for w in NODE_LOST_WORDS) else "error")
+        fault = {"time": time.time(), "trial_id": tid, "kind": kind, "node_id": last.get("node_id"),
+                 "checkpoint_epoch": checkpoint, "reached_epoch": reached,
+                 "retrained_epochs": None if reached is None else max(0, reached - checkpoint), "final": final}
+        again = "" if fault["retrained_epochs"] is None else f", {fault['retrained_epochs']} finished epochs to train again"
+        then = "it has no retry left" if final else f"it continues from its checkpoint at epoch {checkpoint}"
+        print(f"rethink-dist: trial {tid}: {kind} (node {fault['node_id'] or '?'}, reached epoch "
+              f"{reached if reached is not None else '?'}{again}); {then}", file=sys.stderr, flush=True)
+        if self.table is not None:
+            path = self.table.path.parent / FAULTS_FILE
+            self.write_table(_append_line, path, json.dumps(fault), path=path)
+
+    def _tag_error(self, tid: str, error: str) -> None:
+        run = self._run(tid)
+        if run is not None:
+            run.flush()
+            run.set_tags({LAST_ERROR: error})
+
+    def reconcile(self, tid: str | None, checkpoint, finished: bool, status: str = "FINISHED") -> None:
+        """Rewrite a trial's rows from its checkpoint's history (nothing lost, nothing doubled), give
+        its MLflow run every epoch it lacks, and, once, its summary and final status."""
+        if tid not in self.specs:
+            return
+        finished = finished and not self.last.get(tid, {}).get("diverged")
+        rows = self.table.trial_rows(tid) if self.table is not None else []
+        history = _read_history(checkpoint, tid)
+        if history is not None:
+            known = {int(r["epoch"]): r for r in rows}
+            rows = []
+            for rec in history:
+                kept = {k: v for k, v in known.get(int(rec["epoch"]), {}).items() if k in PLACEMENT_KEYS}
+                rows.append(self._row(tid, {**{k: v for k, v in rec.items() if k in RECORD_KEYS}, **kept}))
+        if rows and self.table is not None:
+            for r in rows:
+                r["finished"] = False
+            rows[-1]["finished"] = finished
+            self.write_table(self.table.replace_trial, tid, rows)
+            samples = read_checkpoint_samples(checkpoint, tid) if history is not None else None
+            if samples is not None:  # sample_records: samples/<trial_id>.parquet beside trials.parquet
+                path = self.table.path.parent / SAMPLES_DIR / f"{tid}.parquet"
+                self.write_table(write_sample_records, path, tid, samples, path=path)
+        if self.tracking is None or tid in self.closed:
+            return
+        self._maybe_retry_mlflow()
+        meta = read_checkpoint_json(checkpoint, "meta.json") if history is not None else None
+        if self._mlflow("closing a trial's run", self._close_run, tid, history, rows, meta, finished, status):
+            self.closed.add(tid)
+
+    def _close_run(self, tid: str, history, rows, meta, finished: bool, status: str) -> bool:
+        """Give the run every epoch of the checkpoint it lacks, its facts, its summary and status."""
+        run = self._run(tid)
+        if meta:
+            run.log_meta(meta)
+        run.sync_history(history or rows)
+        last = self.last.get(tid) or (rows[-1] if rows else {})
+        if last.get("diverged"):
+            finished, status = False, "FAILED"
+            run.set_tags({LAST_ERROR: last["diverged"]})
+        if finished:
+            theory = KINDS[self.specs[tid]["kind"]].theory
+            run.finish(finite_numbers(last, last) if theory else summarize(history or rows), status)
+        else:
+            run.finish({}, status)
+        return True
+
+    def _row(self, tid: str, record: dict[str, Any]) -> dict[str, Any]:
+        spec = self.specs[tid]
+        row = {"trial_id": tid, "sweep": self.sweep, "run_name": spec["run_name"], "kind": spec["kind"]}
+        row.update(record)
+        row.update(self.flats[tid])
+        return row
+
+    def close_sweep(self, status: str) -> None:
+        """The sweep's last writes: the table's pending rows, the trials' pending MLflow epochs, and
+        the parent run's final ``status`` (each tolerant of a refusing storage or MLflow)."""
+        if self.table is not None:
+            self.write_table(self.table.flush)
+        self.flush()
+        if self.tracking is not None and self.tracking.get("parent_run_id"):
+            self._mlflow("ending the sweep's run", finish_run, self.tracking["tracking_uri"],
+                         self.tracking["parent_run_id"], status)
+
+    def on_step_end(self, iteration, trials, **info):
+        self._check_storage()  # every turn of Tune's loop (at most every WATCH_SECONDS)
+
+    def on_experiment_end(self, trials, **info):
+        if self.table is not None:
+            self.write_table(self.table.flush)
+        self.flush()
+
+    def as_tune_callback(self):
+        """This writer as a ray.tune.Callback (built here so importing this module needs no Ray)."""
+        from ray.tune import Callback
+
+        writer = self
+
+        class _Callback(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                writer.on_trial_result(iteration, trials, trial, result, **info)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                writer.on_trial_complete(iteration, trials, trial, **info)
+
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                writer.on_trial_recover(iteration, trials, trial, **info)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                writer.on_trial_error(iteration, trials, trial, **info)
+
+            def on_step_end(self, iteration, trials, **info):
+                writer.on_step_end(iteration, trials, **info)
+
+            def on_experiment_end(self, trials, **info):
+                writer.on_experiment_end(trials, **info)
+
+        return _Callback()
+
+
+def _append_line(path: Path, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def read_faults(folder: Path) -> list[dict[str, Any]]:
+    """The faults.jsonl of a sweep's results folder ([] when no trial process ended early)."""
+    path = Path(folder) / FAULTS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def read_checkpoint_json(checkpoint: Any, name: str) -> Any:
+    """A JSON file of a Ray checkpoint (local or in a bucket), read without fetching state.pt; None if absent."""
+    if checkpoint is None:
+        return None
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
+            return json.loads(f.read().decode())
+    except FileNotFoundError:
+        return None
+
+
+def read_checkpoint_samples(checkpoint: Any, tid: str) -> dict[str, Any] | None:
+    """The per-sample records of a trial's checkpoint (``samples.npz``, sample_records on), or None."""
+    import io
+
+    import numpy as np
+
+    if checkpoint is None:
+        return None
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{SAMPLES_FILE}") as f:
+            data = np.load(io.BytesIO(f.read()))
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # a damaged file: say so, keep the rest
+        print(f"rethink-dist: could not read the per-sample records of {tid}: {e}", file=sys.stderr)
+        return None
+
+
+def _read_history(checkpoint, tid: str) -> list[dict[str, Any]] | None:
+    """The epoch records of a trial's checkpoint (``history.json``), or None."""
+    try:
+        return read_checkpoint_json(checkpoint, "history.json")
+    except Exception as e:  # keep the rows we have; say so
+        print(f"rethink-dist: could not read the checkpoint of {tid}: {e}", file=sys.stderr)
+        return None
