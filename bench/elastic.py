@@ -93,7 +93,8 @@ def main() -> int:
         for k in ("retrained_epochs", "fault_seen_s", "pending_to_node_joined_s", "fault_to_resumed_epoch_s")]
     report = {
         "bench": "elastic", "date": time.strftime("%Y-%m-%d"), "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
-                                                                         "python": platform.python_version()},
+                                                                         "python": platform.python_version(),
+                                                                         "load_average_at_end": os.getloadavg()},
         "command": "bench/elastic.py " + " ".join(sys.argv[1:]), "epochs": args.epochs,
         "report_seconds": args.report_seconds, "notice_seconds": args.notice_seconds,
         "median": {".".join(k): round(median(k), 2) for k in keys}, "runs": runs,

@@ -210,7 +210,8 @@ def elastic_block(doc: dict[str, Any]) -> str:
             f"| {m['lost.fault_to_resumed_epoch_s']:.1f} | {m['preempted.fault_to_resumed_epoch_s']:.1f} |",
             "",
             f"Medians of {len(doc['runs'])} runs of `.venv/bin/python {doc['command']}` on {doc['date']}, "
-            f"{doc['machine']['cpu']}, {doc['machine'].get('cores', '?')} cores: trials of {doc['epochs']} epochs "
+            f"{doc['machine']['cpu']}, {doc['machine'].get('cores', '?')} cores (load average at the end "
+            f"{', '.join(f'{x:.1f}' for x in doc['machine'].get('load_average_at_end', []))}): trials of {doc['epochs']} epochs "
             f"reporting every {doc['report_seconds']:g} s, a drain deadline of {doc['notice_seconds']:g} s; the "
             f"first autoscaled node joined {m['first_node_joined_s']:.1f} s after the driver started, and the idle "
             f"nodes were ended {m['idle_nodes_ended_s']:.1f} s after the sweep's end (idle timeout 12 s).",
