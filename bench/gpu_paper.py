@@ -112,7 +112,7 @@ def _emit(tag: str, obj: Any) -> None:
 
 
 def eval_precision(trial) -> dict[str, Any]:
-    """Item 7 on a real trial: its training-set predictions evaluated in bf16 autocast (as the loop
+    """On a real trial: its training-set predictions evaluated in bf16 autocast (as the loop
     evaluates on CUDA) and in float32 with TF32 off (the reference): the fraction that flip."""
     import torch
 
@@ -124,7 +124,7 @@ def eval_precision(trial) -> dict[str, Any]:
             for name, bf16 in (("bf16", True), ("fp32", False)):
                 trial.bf16 = bf16
                 torch.backends.cudnn.allow_tf32 = bf16  # the fp32 reference without TF32 convolutions
-                preds[name] = trial._correct(trial.loader.eval_batches("train"), topk=1)
+                preds[name] = trial.correct(trial.loader.eval_batches("train"), topk=1)
     finally:
         trial.bf16, torch.backends.cudnn.allow_tf32 = was, tf32
     return {"train_acc_bf16_eval": float(preds["bf16"].float().mean()),
