@@ -27,7 +27,7 @@ percent of an H200's ~990 TFLOP/s dense bf16 peak: at 30-60 TFLOP/s achieved, an
 step of 469 steps, whichever is larger: the reason several trials share the GPU). The paper's
 Figure 1a (Inception, CIFAR-10, the same schedule but x0.95 per epoch) fits true labels in about
 5,000 steps (13 epochs) and random labels in about 15,000-20,000 (40-50 epochs); shuffled, random
-and gaussian pixels in between. Measured on the 2-core development VM (2026-12-04, fp32, one
+and gaussian pixels in between. Measured on a 2-core AMD EPYC VM (2026-12-04, fp32, one
 thread, `rethink-dist train --dataset fashion_mnist --arch alexnet_small --corruption labels
 --level 1 --stop-when-fitted --fit-threshold 0.99` on the first 512 training / 128 test images of
 the real files): the small AlexNet fits its 512 random labels at epoch 117 (468 steps, 18 minutes

@@ -154,7 +154,7 @@ def keep_freed_memory() -> None:
 
     Why our own call and not a library's: torch's CPU allocator has no caching option, and each
     training step allocates and frees activations of a few MiB that glibc would otherwise map and
-    unmap every step, paying a page fault per 4 KiB (docs/speed.md measures it). Raising the mmap
+    unmap every step, paying a page fault per 4 KiB (bench/results/NOTES.md has the measured cost). Raising the mmap
     and trim thresholds keeps the memory in the heap (the process keeps its peak footprint). A
     no-op where glibc is not the C library; once per process.
     """
