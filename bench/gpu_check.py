@@ -5,10 +5,10 @@ On a GPU machine with torch, from the repository root (docs/speed.md gives the w
 
     mkdir -p .data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .data/fashion-mnist/
     python3 bench/gpu_check.py --sections defects,paper --fashion-root .data/fashion-mnist \
-        --budget-s 300 --out OUT/gpu_check_1.json                   # about 5.5 minutes
+        --budget-s 300 --json OUT/gpu_check_1.json                  # about 5.5 minutes
     python3 bench/gpu_check.py --sections archs,sharing,kernel,inception_v3 \
-        --budget-s 270 --out OUT/gpu_check_2.json                   # about 5 minutes
-    python3 bench/gpu_check.py --smoke --device cpu --out smoke.json  # tiny sizes on a CPU (the test suite)
+        --budget-s 270 --json OUT/gpu_check_2.json                  # about 5 minutes
+    python3 bench/gpu_check.py --smoke --device cpu --json smoke.json  # tiny sizes on a CPU (the test suite)
 
 Sections, in the order of their priority (the order they run in; ``--sections`` picks some),
 each measured with the package's own code (``Trial``, the models, the in-memory loader, the
@@ -81,13 +81,14 @@ SMOKE = {"n_train": 8, "n_test": 8, "matmul": 256, "share_procs": (1, 4), "share
 
 # ------------------------------------------------------------------------------------ helpers
 def _device(name: str):
-    import torch
+    """The trial loop's own device choice (rethink_dist.train.resolve_device); a refusal ends the run."""
+    from rethink_dist.errors import ConfigError
+    from rethink_dist.train import resolve_device
 
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("gpu_check: --device cuda but no CUDA device is available; valid here: auto, cpu")
-    return torch.device(name)
+    try:
+        return resolve_device(name)
+    except ConfigError as e:
+        raise SystemExit(f"gpu_check: {e}") from None
 
 
 def _sync(device) -> None:
@@ -283,7 +284,7 @@ def count_syncs(device, fn: Callable[[], Any]) -> int | None:
 
 
 def augment_check(device, sizes) -> dict[str, Any]:
-    """Item 4: the random-crop path draws its offsets on the CPU (the same crops on every device) and
+    """The random-crop path draws its offsets on the CPU (the same crops on every device) and
     sends them in one pinned, asynchronous copy. Counted: the synchronizations of one epoch's batches
     (the epoch's order is one blocking copy) and of a whole training epoch with evaluation."""
     import torch
@@ -310,7 +311,7 @@ def augment_check(device, sizes) -> dict[str, Any]:
 
 
 def lrn_check(device) -> dict[str, Any]:
-    """Item 5: the small AlexNet's LRN under bf16 autocast. Its input is the model's own first
+    """The small AlexNet's LRN under bf16 autocast. Its input is the model's own first
     conv-ReLU-pool output on whitened images, in bf16, as it is at initialisation (``scale_1``) and
     8 times larger (``scale_8``: trained activations grow). "shrink" is mean(input - output) /
     mean(input), what the layer takes off: the reference computes it in float64; the project's layer
@@ -348,7 +349,7 @@ def lrn_check(device) -> dict[str, Any]:
 
 
 def channels_last_check(device, sizes) -> dict[str, Any]:
-    """Item 6: a conv net's batch as the loader gathers it from its channels-last cache, against the
+    """A conv net's batch as the loader gathers it from its channels-last cache, against the
     N x C x H x W cache's gather plus the copy to channels-last it needed, next to a training step."""
     import torch
 
@@ -369,15 +370,15 @@ def channels_last_check(device, sizes) -> dict[str, Any]:
         return (time.perf_counter() - t) / reps * 1e3
 
     def step() -> None:
-        loss = trial.train_step_loss(trial._inputs(x), y)
+        loss = trial.train_step_loss(trial.model_input(x), y)
         trial.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trial.optimizer.step()
 
     trial.model.train()
     nchw = trial.loader.train_eval.contiguous()  # an N x C x H x W cache, as the loader held it before
-    batch_ms = timed(lambda: trial._inputs(trial.loader._gather(trial.loader.train_eval, idx)))
-    nchw_ms = timed(lambda: trial._inputs(nchw.index_select(0, idx)))
+    batch_ms = timed(lambda: trial.model_input(trial.loader.gather(trial.loader.train_eval, idx)))
+    nchw_ms = timed(lambda: trial.model_input(nchw.index_select(0, idx)))
     step_ms = timed(step)
     return {"arch": "alexnet_small", "batch": bs, "channels_last": trial.channels_last,
             "batch_is_channels_last": x.is_contiguous(memory_format=torch.channels_last),
@@ -386,7 +387,7 @@ def channels_last_check(device, sizes) -> dict[str, Any]:
 
 
 def determinism_check(device, sizes) -> dict[str, Any]:
-    """Item 8: two runs of the same trial (same seeds, same data) after one epoch: are the weights
+    """Two runs of the same trial (same seeds, same data) after one epoch: are the weights
     bitwise equal? On CUDA some backward kernels (pooling, cuDNN's choices) are not deterministic,
     so a GPU resume is not bit-exact; the difference says how far apart they drift, set against how
     far the epoch moved the weights from their initial values (``epoch_update_max_abs``)."""
@@ -409,13 +410,12 @@ def determinism_check(device, sizes) -> dict[str, Any]:
 
 
 def profile_check(device, sizes) -> dict[str, Any]:
-    """Item 3: bench/train.py's profile of the trial loop (torch.profiler's device-time keys)."""
-    import importlib.util
+    """bench/train.py's profile of the trial loop on the device: that torch.profiler's device-time
+    keys are the ones the profile reads (``self_device_time_total``)."""
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("rethink_bench_train", Path(__file__).resolve().parent / "train.py")
-    bench_train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_train)
+    import train as bench_train  # bench/train.py: this folder is on sys.path
+
     trial = make_trial(cifar_like(sizes["defect_n"], max(8, sizes["defect_n"] // 5), seed=8), "mlp_1x512", device, "auto")
     trial.run_epoch()
     prof = bench_train.Ours.profile(SimpleNamespace(trial=trial), steps=sizes["profile_steps"], top=5)
@@ -571,7 +571,7 @@ def kernel_section(device, sizes) -> dict[str, Any]:
 
 
 def linear_route_check(device, sizes, F_tr, Y, labels) -> dict[str, Any]:
-    """Item 9: the linear kernel with n > D is solved from the features' SVD, never forming K; on CUDA
+    """The linear kernel with n > D is solved from the features' SVD, never forming K; on CUDA
     through QR (F = QR, then the D x D SVD of R). Timed at the full n; checked against torch's plain
     SVD on the first ``svd_check_n`` rows (the projection U U^T Y both give)."""
     import torch
@@ -595,7 +595,7 @@ def linear_route_check(device, sizes, F_tr, Y, labels) -> dict[str, Any]:
 
 
 def random_conv_check(device, sizes) -> dict[str, Any]:
-    """Item 9: the random-conv features in float32 on the device (TF32 off on that path) against
+    """The random-conv features in float32 on the device (TF32 off on that path) against
     float64 on the CPU: the largest difference relative to the features' largest value."""
     import numpy as np
 
@@ -620,7 +620,7 @@ SECTIONS = ("defects", "paper", "archs", "sharing", "kernel", "inception_v3")  #
 def parse_args(argv):
     p = argparse.ArgumentParser(description="The project's GPU paths, measured and judged in one run.")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds on a CPU)")
-    p.add_argument("--out", help="write the JSON here (kept up to date section by section)")
+    p.add_argument("--json", metavar="OUT", help="also write the JSON here (kept up to date section by section)")
     p.add_argument("--device", default="auto", help="auto (default: cuda if present) | cuda | cpu")
     p.add_argument("--budget-s", type=float, default=300.0,
                    help="no section starts after this many seconds, and the paper's trials stop by then (default 300)")
@@ -665,7 +665,7 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     sizes = SMOKE if args.smoke else FULL
-    check = Check(Path(args.out) if args.out else None, args.budget_s)
+    check = Check(Path(args.json) if args.json else None, args.budget_s)
 
     def on_term(signum, frame):  # `timeout` or a scheduler ends the run: judge and write what was measured
         check.budget_s = 0.0
@@ -699,12 +699,14 @@ def main(argv=None) -> int:
     rows = gpu_expectations.judge(check.result, device.type, tuple(args.break_expectation))
     check.result["expectations"] = rows
     check.save()
+    # The JSON on stdout, as every bench prints it; then, for the reader of the log, the paper's
+    # trials and the verdicts on stderr, last.
+    print(json.dumps(_finite(check.result), indent=1, default=str), flush=True)
     if "paper" in args.sections:
-        print(paper_table(check.result.get("paper")))
-        print()
+        print(paper_table(check.result.get("paper")) + "\n", file=sys.stderr)
     print(f"gpu_check: {check.result['env'].get('gpu', device)}, sections {','.join(args.sections)}, "
-          f"{check.elapsed():.0f} s{', JSON in ' + args.out if args.out else ''}")
-    print(gpu_expectations.table(rows))
+          f"{check.elapsed():.0f} s{', JSON in ' + args.json if args.json else ''}", file=sys.stderr)
+    print(gpu_expectations.table(rows), file=sys.stderr, flush=True)
     return 0
 
 

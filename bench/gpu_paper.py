@@ -27,7 +27,7 @@ percent of an H200's ~990 TFLOP/s dense bf16 peak: at 30-60 TFLOP/s achieved, an
 step of 469 steps, whichever is larger: the reason several trials share the GPU). The paper's
 Figure 1a (Inception, CIFAR-10, the same schedule but x0.95 per epoch) fits true labels in about
 5,000 steps (13 epochs) and random labels in about 15,000-20,000 (40-50 epochs); shuffled, random
-and gaussian pixels in between. Measured on the 2-core development VM (2026-12-04, fp32, one
+and gaussian pixels in between. Measured on a 2-core AMD EPYC VM (2026-12-04, fp32, one
 thread, `rethink-dist train --dataset fashion_mnist --arch alexnet_small --corruption labels
 --level 1 --stop-when-fitted --fit-threshold 0.99` on the first 512 training / 128 test images of
 the real files): the small AlexNet fits its 512 random labels at epoch 117 (468 steps, 18 minutes
@@ -112,7 +112,7 @@ def _emit(tag: str, obj: Any) -> None:
 
 
 def eval_precision(trial) -> dict[str, Any]:
-    """Item 7 on a real trial: its training-set predictions evaluated in bf16 autocast (as the loop
+    """On a real trial: its training-set predictions evaluated in bf16 autocast (as the loop
     evaluates on CUDA) and in float32 with TF32 off (the reference): the fraction that flip."""
     import torch
 
@@ -124,7 +124,7 @@ def eval_precision(trial) -> dict[str, Any]:
             for name, bf16 in (("bf16", True), ("fp32", False)):
                 trial.bf16 = bf16
                 torch.backends.cudnn.allow_tf32 = bf16  # the fp32 reference without TF32 convolutions
-                preds[name] = trial._correct(trial.loader.eval_batches("train"), topk=1)
+                preds[name] = trial.correct(trial.loader.eval_batches("train"), topk=1)
     finally:
         trial.bf16, torch.backends.cudnn.allow_tf32 = was, tf32
     return {"train_acc_bf16_eval": float(preds["bf16"].float().mean()),

@@ -72,8 +72,9 @@ def child(n: int, dim: int, dtype_name: str, device_name: str, dataset: str = "r
     import torch
 
     from rethink_dist.theory import kernel as kn
+    from rethink_dist.train import resolve_device
 
-    device = torch.device("cuda" if device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(device_name)
     dtype = kn.DTYPES[dtype_name]
     g = torch.Generator().manual_seed(0)
     # plain matrix product, same process, same moment
@@ -102,7 +103,7 @@ def child(n: int, dim: int, dtype_name: str, device_name: str, dataset: str = "r
     shift = 0.0
     if dataset != "random":  # the interpolation solver's first shift, eps * lambda_max (not timed)
         kn.mirror_lower(K, block)
-        shift = torch.finfo(dtype).eps * kn._lambda_max_bound(K, K.diagonal().double(), block)
+        shift = torch.finfo(dtype).eps * kn.lambda_max_bound(K, K.diagonal().double(), block)
         K.diagonal().add_(shift)
 
     def torch_cholesky():  # torch.linalg.cholesky itself, in place on the column-major view

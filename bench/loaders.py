@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             epoch = iter(range(1 << 30))
             full = _rate(lambda: _consume(loader.train_batches(args.batch_size, torch.Generator().manual_seed(next(epoch)))),
                          args.repeats)
-            pipeline = loader._train  # FFCV's own loader: decode + corruption operations only
-            raw = _rate(lambda: sum(b[1].shape[0] for b in loader._epoch(pipeline)), args.repeats)
+            # FFCV's own pipeline: decode + corruption operations only
+            raw = _rate(lambda: sum(b[1].shape[0] for b in loader.pipeline_batches()), args.repeats)
             assert torch.get_num_threads() == args.threads
             return full, raw
 
@@ -230,7 +230,7 @@ def imagenet_jpeg(args) -> dict:
             full = _rate(lambda: _consume(loader.train_batches(args.batch_size,
                                                                torch.Generator().manual_seed(next(epoch)))),
                          args.repeats)
-            raw = _rate(lambda: sum(b[1].shape[0] for b in loader._epoch(loader._train)), args.repeats)
+            raw = _rate(lambda: sum(b[1].shape[0] for b in loader.pipeline_batches()), args.repeats)
             return full, raw
 
         out["ffcv"], out["ffcv_pipeline"] = rates("none", 0.0)

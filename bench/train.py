@@ -474,10 +474,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from machine import cpu_name
 
+    from rethink_dist.errors import ConfigError
+    from rethink_dist.train import resolve_device
+
     archs = list(ARCHS) if args.arch == "all" else [args.arch]
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench/train.py: error: --device cuda was asked for but no CUDA device is available; valid here: auto, cpu",
-              file=sys.stderr)
+    try:
+        resolve_device(args.device)  # the trial loop's own choice: refuse cuda without a GPU before any work
+    except ConfigError as e:
+        print(f"bench/train.py: error: {e}", file=sys.stderr)
         return 2
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:

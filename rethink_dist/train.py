@@ -54,6 +54,8 @@ class Loader(Protocol):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a trial's ``device`` setting names: ``auto`` is CUDA when a GPU is visible, else the
+    CPU; ``cuda`` without a GPU raises ConfigError (one line naming the valid choices)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -152,7 +154,7 @@ def keep_freed_memory() -> None:
 
     Why our own call and not a library's: torch's CPU allocator has no caching option, and each
     training step allocates and frees activations of a few MiB that glibc would otherwise map and
-    unmap every step, paying a page fault per 4 KiB (docs/speed.md measures it). Raising the mmap
+    unmap every step, paying a page fault per 4 KiB (bench/results/NOTES.md has the measured cost). Raising the mmap
     and trim thresholds keeps the memory in the heap (the process keeps its peak footprint). A
     no-op where glibc is not the C library; once per process.
     """
@@ -294,13 +296,15 @@ class Trial:
     def lr_at(self, epoch: int) -> float:
         return self.config.optim.lr * self.config.optim.lr_decay ** epoch
 
-    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch as the model takes it: channels-last for a channels-last conv net (a batch that is
+        channels-last already is returned as it is, without a copy), otherwise unchanged."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def train_step_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The forward pass of one training batch and its loss (the model must be in train mode)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(self._inputs(x))
+            out = self.model(self.model_input(x))
         return self._loss(out, y)
 
     def _loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
@@ -374,9 +378,9 @@ class Trial:
         """Accuracy on the whole training set (by corrupted/clean samples) and on the test set."""
         self.model.eval()
         changed = self.loader.changed
-        train1 = self._correct(self.loader.eval_batches("train"), topk=1)
+        train1 = self.correct(self.loader.eval_batches("train"), topk=1)
         self._train_correct = train1  # in sample-index order: the per-sample records' input
-        test1, test5 = self._correct(self.loader.eval_batches("test"), topk=5, both=True)
+        test1, test5 = self.correct(self.loader.eval_batches("test"), topk=5, both=True)
         counts = torch.stack([torch.tensor(train1.numel(), device=train1.device), train1.sum(), changed.sum(),
                               train1[changed].sum(), torch.tensor(test1.numel(), device=test1.device), test1.sum(),
                               test5.sum()]).to(torch.float64)
@@ -394,11 +398,14 @@ class Trial:
         """The counts of the whole data set (a data-parallel trial sums its ranks' counts)."""
         return counts
 
-    def _correct(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], topk: int, both: bool = False):
+    def correct(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], topk: int, both: bool = False):
+        """Per sample of ``batches``, in their order: whether the model's top-1 prediction is the label
+        (a bool tensor on the device), under the trial's autocast; with ``both``, also whether the label
+        is among the top ``topk``. The caller sets eval mode and inference mode (``evaluate`` does)."""
         top1, topk_hits = [], []
         for x, y in batches:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(self._inputs(x))
+                logits = self.model(self.model_input(x))
             if isinstance(logits, tuple):
                 logits = logits[0]
             top1.append(logits.argmax(dim=1) == y)

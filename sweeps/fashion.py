@@ -28,7 +28,7 @@ the same pixel) at 3x the cost of the first layer; the conv nets get the paper's
 
 Run:      python sweeps/fashion.py --storage results     (or: rethink-dist sweep sweeps/fashion.py)
           RETHINK_FASHION_SECTIONS=convnets python sweeps/fashion.py --gpus-per-trial 0.25
-Expected: the default sections are 13 trials. Measured on the 2-core development VM (2026-12-02,
+Expected: the default sections are 13 trials. Measured on a 2-core AMD EPYC VM (2026-12-02,
           one thread per trial, two trials at a time): an MLP 1x512 epoch over 60,000 images takes
           about 3.9 s (training 2.9 s, evaluating both splits 1.0 s), MLP 3x512 about 7.5 s; the
           per-epoch seconds of every trial are in the Parquet table (train_seconds, eval_seconds),

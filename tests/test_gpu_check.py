@@ -33,7 +33,7 @@ def _judge():
 def test_gpu_check_smoke_writes_every_section_with_finite_numbers_and_its_verdicts(tmp_path):
     out = tmp_path / "gpu_check.json"
     code = ("import sys, runpy; sys.modules['ray'] = sys.modules['mlflow'] = sys.modules['ffcv'] = None; "
-            f"sys.argv = ['gpu_check.py', '--smoke', '--device', 'cpu', '--budget-s', '900', '--out', {str(out)!r}, "
+            f"sys.argv = ['gpu_check.py', '--smoke', '--device', 'cpu', '--budget-s', '900', '--json', {str(out)!r}, "
             "'--break-expectation', 'kernel_qr_route']; "
             f"runpy.run_path({str(REPO / 'bench' / 'gpu_check.py')!r}, run_name='__main__')")
     # Ray, MLflow and FFCV made unimportable: the check must not need them (the GPU machine has none);
@@ -104,8 +104,9 @@ def test_gpu_check_smoke_writes_every_section_with_finite_numbers_and_its_verdic
     assert again["kernel_qr_route"]["verdict"] == "met"
     for name in ("archs_bf16_vs_fp32", "sharing_4_trials", "inception_v3_images_per_s", "paper_true_labels_test"):
         assert rows[name]["value"] is not None and rows[name]["verdict"] == "n/a on cpu", rows[name]
-    assert "kernel_qr_route" in proc.stdout.splitlines()[-1] and "| not met | kernel_qr_route" in proc.stdout
-    assert "| inception_small / random labels | epoch cap | 2 |" in proc.stdout  # the paper's trials, printed
+    assert json.loads(proc.stdout) == d  # the JSON on stdout, as every bench prints it; the tables on stderr
+    assert "kernel_qr_route" in proc.stderr.splitlines()[-1] and "| not met | kernel_qr_route" in proc.stderr
+    assert "| inception_small / random labels | epoch cap | 2 |" in proc.stderr  # the paper's trials, printed
 
 
 def test_expectations_judge_sections_not_run_skipped_or_failed():

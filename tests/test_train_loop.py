@@ -266,7 +266,7 @@ def test_per_sample_records_agree_with_the_accuracies_and_survive_a_resume():
 
 def test_conv_trial_gets_channels_last_batches_without_a_copy():
     """A channels-last model's batches come from a channels-last cache: the gathered training batch and
-    the evaluation slices are channels-last already (Trial._inputs returns them as they are), with the
+    the evaluation slices are channels-last already (Trial.model_input returns them as they are), with the
     values of the N x C x H x W path; an MLP's loader keeps the plain layout (its Flatten would copy)."""
     conv = Trial(digits_config("alexnet_small", epochs=1, max_train=300))
     mlp = Trial(digits_config("mlp_1x512", epochs=1, max_train=300))
@@ -274,9 +274,9 @@ def test_conv_trial_gets_channels_last_batches_without_a_copy():
     torch.testing.assert_close(conv.loader.train_eval, mlp.loader.train_eval, rtol=0, atol=0)
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     for (x, y), (x_ref, y_ref) in zip(conv.loader.train_batches(64, gen()), mlp.loader.train_batches(64, gen())):
-        assert x.is_contiguous(memory_format=torch.channels_last) and conv._inputs(x) is x
+        assert x.is_contiguous(memory_format=torch.channels_last) and conv.model_input(x) is x
         assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
     for x, _ in conv.loader.eval_batches("test"):
-        assert conv._inputs(x) is x
+        assert conv.model_input(x) is x
     rec = conv.run_epoch()
     assert 0.0 <= rec["train_acc"] <= 1.0 and np.isfinite(rec["train_loss"])

@@ -141,7 +141,7 @@ BLOCKS = {  # name -> (begin marker, end marker, the heading the block goes befo
                 "## The acceptance checks, computed"),
 }
 GPU_COMMAND = ("python3 bench/gpu_check.py --sections defects,paper --fashion-root .data/fashion-mnist "
-               "--budget-s 300 --out OUT/gpu_check_1.json")
+               "--budget-s 300 --json OUT/gpu_check_1.json")
 
 
 def gpu_files(given: list[str] | None) -> list[Path]:

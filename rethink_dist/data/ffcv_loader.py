@@ -244,6 +244,12 @@ class FFCVLoader:
         self.last_epoch = (np.concatenate(seen_idx) if seen_idx else np.zeros(0, np.int64),
                            np.concatenate(seen_y) if seen_y else np.zeros(0, np.int64))
 
+    def pipeline_batches(self) -> Iterator[Any]:
+        """One epoch of the training pipeline's own batches, (image, label, index) as FFCV yields them:
+        decode and corruption operations only, before the torch preprocessing (crop, whitening) that
+        ``train_batches`` adds. bench/loaders.py times it to isolate the FFCV operations' cost."""
+        return self._epoch(self._train)
+
     def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split (or this rank's ``eval_shard`` of it) in sample-index order, without augmentation."""
         for x, y in self._epoch(self._eval[split]):

@@ -81,7 +81,9 @@ class MemoryLoader:
             self.test_eval = self.test_eval.contiguous(memory_format=torch.channels_last)
             self.channels_last = True
 
-    def _gather(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def gather(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The rows ``idx`` of the cached inputs ``x`` (``train_eval`` or ``test_eval``) in one
+        ``index_select``, keeping a channels-last cache's layout, so the batch needs no copy."""
         if self.channels_last:  # index_select would return an N x C x H x W-contiguous batch
             return x.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
         return x.index_select(0, idx)
@@ -103,7 +105,7 @@ class MemoryLoader:
                 x = preprocess(self.train_raw.index_select(0, idx), self.crop, augment=True, pad=self.pad,
                                generator=generator, channels=self.channels)
             else:
-                x = self._gather(self.train_eval, idx)
+                x = self.gather(self.train_eval, idx)
             yield x, self.train_y.index_select(0, idx)
 
     def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -28,7 +28,7 @@ from rethink_dist.sweep.plan import KINDS, placed_device
 # A trial sends its epochs to Tune, each send with a checkpoint, at most this often: every epoch
 # when epochs are longer, several per send when they are short. A send is a round trip to the
 # driver (the trial waits for it) plus a checkpoint: for a small model it costs more than an
-# epoch (docs/speed.md). A failure loses at most this much training, redone identically.
+# epoch (bench/results/NOTES.md). A failure loses at most this much training, redone identically.
 REPORT_SECONDS = 1.0
 # How often a trial asks the cluster whether its node is being drained (one GCS call, at an epoch's end).
 DRAIN_POLL_SECONDS = 1.0

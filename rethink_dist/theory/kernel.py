@@ -329,7 +329,7 @@ def sym_matvec64(A: torch.Tensor, diag: torch.Tensor, V: torch.Tensor, block: in
     return sym_matvec(A, diag, V, block, wide=True)
 
 
-def _lambda_max_bound(A: torch.Tensor, diag: torch.Tensor, block: int) -> float:
+def lambda_max_bound(A: torch.Tensor, diag: torch.Tensor, block: int) -> float:
     """The largest absolute row sum of K (from its upper triangle and diagonal): >= lambda_max(K)
     (Gershgorin); for the RBF and Laplacian kernels (entries > 0) within a few percent of it, as the
     top eigenvector is nearly constant."""
@@ -448,7 +448,7 @@ def factor_shifted(A: torch.Tensor, diag: torch.Tensor, block: int, attempts: in
     instead, leaving A whole. Returns the shift and what each attempt met."""
     n = len(A)
     eps = torch.finfo(A.dtype).eps
-    lam = _lambda_max_bound(A, diag, block)
+    lam = lambda_max_bound(A, diag, block)
     base = SHIFT_EPS_UNITS * eps * lam
     shifts = ([0.0] if A.dtype == torch.float64 else []) + [base * 10**k for k in range(attempts)]
     said = []
