@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rethink_dist import protocol
+from rethink_dist.architectures import MODELS
 from rethink_dist.errors import ConfigError
 from rethink_dist.external import check_model_name, dataset_facts
-from rethink_dist.protocol import MODELS
 
 _DEFER_CHECKS = contextvars.ContextVar("rethink_defer_checks", default=False)
 
