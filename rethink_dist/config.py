@@ -1,13 +1,11 @@
 """Trial configuration: frozen dataclasses, a strict ``from_dict`` and a flat view for logging.
 
-A trial is fully described by a :class:`TrialConfig`. Fields left as ``None`` take the
-documented defaults of the dataset and architecture (see :func:`TrialConfig.resolved`), so a
-config stays short and the choice made is still logged with every run (``to_flat`` is taken of
-the resolved config).
-
-The defaults that depend on the data set or the architecture (learning rate and its decay, epoch
-cap, crop, input channels) are in :mod:`rethink_dist.protocol`; the [open] choices are documented
-in docs/protocol.md. "Time to overfit" is the first step at which the training accuracy reaches
+A trial is fully described by a :class:`TrialConfig`. Its defaults are the dataclasses' below,
+except the fields left as ``None``: those depend on the data set and the architecture, and
+:meth:`TrialConfig.resolved`, the one resolution step, fills them from the table of
+:mod:`rethink_dist.defaults`. So a config stays short and the choice made is still logged with
+every run (``to_flat`` is taken of the resolved config); ``rethink-dist train --print-config``
+prints a resolved config. The [open] choices are documented in docs/protocol.md. "Time to overfit" is the first step at which the training accuracy reaches
 ``stop.fit_threshold`` (default 1.0: the whole training set).
 """
 
@@ -24,9 +22,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rethink_dist import protocol
+from rethink_dist.architectures import MODELS
+from rethink_dist.defaults import dependent_defaults
 from rethink_dist.errors import ConfigError
 from rethink_dist.external import check_model_name, dataset_facts
-from rethink_dist.protocol import MODELS
 
 _DEFER_CHECKS = contextvars.ContextVar("rethink_defer_checks", default=False)
 
@@ -60,9 +59,9 @@ class DataConfig:
     download: bool = False  # fetch the raw files when missing (needs the network)
     loader: str = "memory"  # memory | ffcv
     beton_dir: str | None = None  # folder with train.beton / test.beton (loader=ffcv)
-    image_size: int | None = None  # input side after cropping; None: the dataset's default
+    image_size: int | None = None  # input side after cropping; None: the dataset's crop (rethink_dist.defaults)
     max_train: int | None = None  # use only the first N training samples (None: all)
-    channels: int | None = None  # model input channels (a gray channel repeated); None: the dataset's default
+    channels: int | None = None  # model input channels (a gray channel repeated); None: rethink_dist.defaults
 
 
 @dataclass(frozen=True)
@@ -81,11 +80,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float | None = None  # None: the paper's rate for the architecture
+    lr: float | None = None  # None: the paper's rate for the architecture (rethink_dist.defaults)
     momentum: float = 0.9
-    lr_decay: float | None = None  # multiplied into lr after every epoch; None: dataset default
+    lr_decay: float | None = None  # multiplied into lr after every epoch; None: the dataset's (rethink_dist.defaults)
     batch_size: int = 128
-    epochs: int | None = None  # maximum epochs; None: dataset default
+    epochs: int | None = None  # maximum epochs; None: the dataset's (rethink_dist.defaults)
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ class TrialConfig:
     seed: int = 0  # model initialisation, batch order, augmentation, dropout
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    name: str | None = None  # None: built from the config (see run_name)
+    name: str | None = None  # None: built from the resolved config (run_name; rethink_dist.defaults)
     sample_records: bool = False  # per training sample: first epoch fitted for good, forgetting events
 
     # ------------------------------------------------------------------ construction
@@ -166,21 +165,18 @@ class TrialConfig:
 
     # ------------------------------------------------------------------ defaults
     def resolved(self) -> "TrialConfig":
-        """The config with every ``None`` default replaced by the dataset's / architecture's value."""
-        info = dataset_facts(self.data.name)
-        optim = self.optim
-        optim = dataclasses.replace(
-            optim,
-            lr=optim.lr if optim.lr is not None else info.default_lr(self.model.name),
-            lr_decay=optim.lr_decay if optim.lr_decay is not None else info.lr_decay,
-            epochs=optim.epochs if optim.epochs is not None else info.epochs,
-        )
-        data = dataclasses.replace(
-            self.data, image_size=self.data.image_size if self.data.image_size is not None else info.crop,
-            channels=self.data.channels if self.data.channels is not None else info.model_channels,
-        )
-        name = self.name if self.name is not None else run_name(self, optim)
-        return dataclasses.replace(self, optim=optim, data=data, name=name)
+        """What the trial runs with: the one resolution step. Each ``None`` field of the table in
+        :mod:`rethink_dist.defaults` takes its value there for this data set and architecture, and a
+        ``None`` name the run name; a value the config gives is kept. Trials run the resolved config,
+        and it is what is logged (``to_flat``) and hashed (``fingerprint``)."""
+        sections: dict[str, Any] = {}
+        for key, value in dependent_defaults(self.data.name, self.model.name).items():
+            section, attr = key.split(".")
+            current = sections.get(section, getattr(self, section))
+            if getattr(current, attr) is None:
+                sections[section] = dataclasses.replace(current, **{attr: value})
+        cfg = dataclasses.replace(self, **sections)
+        return cfg if cfg.name is not None else dataclasses.replace(cfg, name=run_name(cfg))
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -420,9 +416,9 @@ class KernelConfig(_TheoryOptions):
         return self._data_config({"kind": self.corruption, "level": self.level, "seed": self.corruption_seed})
 
 
-def run_name(cfg: TrialConfig, optim: OptimConfig | None = None) -> str:
-    """A readable name: ``digits_labels0.8_mlp_1x512_lr0.01_wd0_aug0_s0``."""
-    optim = optim or cfg.optim
+def run_name(cfg: TrialConfig) -> str:
+    """A readable name: ``digits_labels0.8_mlp_1x512_lr0.01_wd0_aug0_s0`` (the lr once resolved)."""
+    optim = cfg.optim
     c = cfg.corruption
     corr = "true" if c.kind == "none" else (f"labels{c.level:g}" if c.kind == "labels" else c.kind)
     arch = _short(cfg.model.name) + ("" if cfg.reg.batch_norm else "_nobn")

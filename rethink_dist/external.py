@@ -31,8 +31,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from rethink_dist.architectures import MODELS
 from rethink_dist.errors import ConfigError, DataError
-from rethink_dist.protocol import DATASETS, MODELS, DatasetInfo, paper_decay_per_epoch
+from rethink_dist.protocol import DATASETS, DatasetInfo, paper_decay_per_epoch
 
 LIBRARIES = ("torchvision", "timm")
 TIMM_EXTRA = "pip install 'rethink-dist[timm]'"

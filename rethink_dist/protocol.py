@@ -2,37 +2,47 @@
 
 - the data sets: shape, classes, crop, padding of the random crop, and the default learning-rate
   decay per epoch and epoch cap of the trials that run on them;
-- the architectures: which regularizers each can express (dropout, switching BatchNorm off) and
-  which extra keyword arguments it takes (the builders are in :mod:`rethink_dist.models`);
 - the paper's optimiser choices (initial learning rates; weight-decay coefficients where the
-  paper is [open]);
+  paper is [open]): the defaults here, an architecture's own beside its builder (its
+  ``@register_model`` in rethink_dist/models/, read by :mod:`rethink_dist.architectures`, which
+  also holds what each can express);
 - the ImageNet recipe of the data-parallel Inception V3 trials (docs/imagenet.md says why).
 
 Choices the paper leaves [open] are documented in docs/protocol.md and logged with every run
 (the resolved config is logged, so a default taken from here is in each run's parameters).
-This module is plain data: it imports nothing of the project.
+Which of these a trial's ``None`` fields take is in one table: :mod:`rethink_dist.defaults`.
+This module is plain data: it imports nothing of the project but the architectures' declarations.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rethink_dist.architectures import MODELS
+
 # ------------------------------------------------------------------------------ optimiser
-# The paper's initial learning rates: 0.1 for Inception, 0.01 for the small AlexNet and MLPs.
-PAPER_LR = {"inception_small": 0.1, "inception_v3": 0.1}
+# The paper's initial learning rates: 0.1 for Inception (declared by inception_small and
+# inception_v3: lr=0.1), 0.01 for the small AlexNet and MLPs (the default).
 PAPER_LR_DEFAULT = 0.01
-# [open] Weight-decay coefficient when a sweep switches weight decay on (common reproductions).
-PAPER_WEIGHT_DECAY = {"mlp_1x512": 1e-4, "mlp_3x512": 1e-4}
+# [open] Weight-decay coefficient when a sweep switches weight decay on (common reproductions):
+# 5e-4, the MLPs 1e-4 (declared by mlp_1x512 and mlp_3x512: weight_decay=1e-4).
 PAPER_WEIGHT_DECAY_DEFAULT = 5e-4
 PAPER_DECAY_PER_IMAGES = (0.95, 50_000)  # the paper's decay: x0.95 per 50,000 images (one CIFAR-10 epoch)
 
 
 def paper_lr(arch: str) -> float:
-    return PAPER_LR.get(arch, PAPER_LR_DEFAULT)
+    """The paper's initial learning rate of ``arch`` (an outside model: the default)."""
+    return _declared(arch, "lr", PAPER_LR_DEFAULT)
 
 
 def paper_weight_decay(arch: str) -> float:
-    return PAPER_WEIGHT_DECAY.get(arch, PAPER_WEIGHT_DECAY_DEFAULT)
+    """The weight-decay coefficient of ``arch`` when weight decay is on (an outside model: the default)."""
+    return _declared(arch, "weight_decay", PAPER_WEIGHT_DECAY_DEFAULT)
+
+
+def _declared(arch: str, fact: str, default: float) -> float:
+    value = getattr(MODELS[arch], fact) if arch in MODELS else None
+    return default if value is None else value
 
 
 def paper_decay_per_epoch(num_train: int) -> float:
@@ -118,30 +128,4 @@ DATASETS: dict[str, DatasetInfo] = {
                                  input_channels=3, lr=(("mlp_1x512", FASHION_MLP_LR), ("mlp_3x512", FASHION_MLP_LR))),
     "imagenet": DatasetInfo("imagenet", 1000, None, IMAGENET_IMAGE_SIZE, 0, IMAGENET_LR_DECAY, IMAGENET_EPOCHS,
                             ("ffcv",), True, "ILSVRC-2012 train/<wnid>/*.JPEG, val/<wnid>/*.JPEG"),
-}
-
-
-# ------------------------------------------------------------------------------ architectures
-@dataclass(frozen=True)
-class ModelSpec:
-    """What an architecture can express; its builder is registered under the same name in models/."""
-
-    kwargs: tuple[str, ...] = ()  # extra keyword arguments the builder accepts (model.kwargs)
-    dropout: bool = False  # accepts dropout=p
-    batch_norm_switch: bool = False  # accepts batch_norm=False
-    description: str = ""
-
-
-MODELS: dict[str, ModelSpec] = {
-    "mlp_1x512": ModelSpec(dropout=True, description="One hidden layer of 512 units (1,209,866 parameters on "
-                                                     "3x28x28, 10 classes)."),
-    "mlp_3x512": ModelSpec(dropout=True, description="Three hidden layers of 512 units (1,735,178 parameters on "
-                                                     "3x28x28, 10 classes)."),
-    "alexnet_small": ModelSpec(dropout=True, description="Small AlexNet: two conv/pool/LRN modules, FC 384, FC 192, "
-                                                         "linear."),
-    "inception_small": ModelSpec(dropout=True, batch_norm_switch=True,
-                                 description="Small Inception of the paper; batch_norm=False gives the variant without "
-                                             "BatchNorm."),
-    "inception_v3": ModelSpec(kwargs=("aux_logits",), dropout=True,
-                              description="torchvision's Inception V3 (auxiliary head automatic at 299x299)."),
 }

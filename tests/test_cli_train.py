@@ -76,6 +76,7 @@ def test_config_file_and_flags(tmp_path):
     (["train", "--dataset", "cifar10"], "needs --data-root"),
     (["train", "--epochs", "x"], "invalid int value"),
     (["models", "--input-shape", "3,28"], "invalid input shape"),
+    (["train", "--print-config", "--epochs", "0"], "optim.epochs must be >= 1, got 0"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     out = tmp_path / "never.json"
@@ -85,6 +86,26 @@ def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     assert len(lines) == 1, p.stderr
     assert needle in lines[0] and "Traceback" not in p.stderr
     assert not out.exists()
+
+
+def test_print_config_shows_what_the_trial_runs_with(tmp_path):
+    """--print-config: the command line's config resolved (every field, the data set's and the
+    architecture's defaults applied), and no training."""
+    from rethink_dist.config import TrialConfig
+    from rethink_dist.protocol import DATASETS
+
+    out = tmp_path / "never.json"
+    p = run(["train", "--print-config", "--json", str(out)])
+    assert p.returncode == 0 and not out.exists(), p.stderr
+    cfg = json.loads(p.stdout)
+    assert cfg == TrialConfig.from_dict(cfg).to_dict() == TrialConfig().resolved().to_dict()
+    assert cfg["optim"] | {"momentum": None} == {"lr": 0.01, "lr_decay": DATASETS["digits"].lr_decay, "epochs": 800,
+                                                 "batch_size": 128, "momentum": None}
+    assert (cfg["data"]["image_size"], cfg["data"]["channels"], cfg["name"]) == (8, 1, "digits_true_mlp_1x512_lr0.01_wd0_aug0_s0")
+    p = run(["train", "--print-config", "--dataset", "fashion_mnist", "--arch", "inception_small", "--epochs", "7"])
+    cfg = json.loads(p.stdout)
+    assert (cfg["optim"]["lr"], cfg["optim"]["lr_decay"], cfg["optim"]["epochs"], cfg["data"]["channels"]) == \
+        (0.1, 0.995, 7, 3)  # the paper's Inception lr, the Fashion-MNIST decay, the flag, the paper's 3 channels
 
 
 def test_config_file_with_unknown_key(tmp_path):

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rethink_dist"
 
 # Bottom to top; a module may import its own layer and the layers below it. (docs/layout.md draws it.)
 LAYERS = [
-    ("facts", ("__init__", "errors", "protocol", "external", "config", "records", "corruption", "files",
+    ("facts", ("__init__", "errors", "architectures", "protocol", "external", "defaults", "config", "records", "corruption", "files",
                "stopping")),
     ("data and models", ("data", "models", "theory")),
     ("the trial loop", ("train", "metrics")),

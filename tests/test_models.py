@@ -22,6 +22,14 @@ def test_paper_parameter_counts(name, count):
     assert count_params(create(name, (3, 28, 28), 10)) == count
 
 
+def test_declared_parameter_counts():
+    """Each architecture's ``params`` (its @register_model) is the paper's count and the one it builds."""
+    declared = {name: spec.params for name, spec in MODELS.items() if spec.params is not None}
+    assert {name: declared.get(name) for name in PAPER_COUNTS} == PAPER_COUNTS
+    with torch.device("meta"):
+        assert {name: count_params(create(name, (3, 28, 28), 10)) for name in declared} == declared
+
+
 def test_inception_without_batchnorm_same_count_and_no_bn():
     with_bn = create("inception_small", (3, 28, 28), 10)
     without = create("inception_small", (3, 28, 28), 10, batch_norm=False)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rethink_dist.architectures import MODELS  # the declared names, read without importing torch
 from rethink_dist.files import check_writable, write_json_atomic
 
 NAME = "train"
@@ -52,8 +53,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corruption-seed", type=int, help="seed of the corruption (default 0)")
     g.add_argument("--corrupt-test", action=B, default=None, help="also corrupt test labels (default: no)")
     g = p.add_argument_group("model and optimiser")
-    g.add_argument("--arch", help="mlp_1x512 | mlp_3x512 | alexnet_small | inception_small | inception_v3 | "
-                                        "torchvision:NAME | timm:NAME | MODULE:FUNCTION (docs/own-code.md)")
+    g.add_argument("--arch", help=" | ".join(MODELS) + " | torchvision:NAME | timm:NAME | MODULE:FUNCTION "
+                                                        "(docs/own-code.md); default mlp_1x512")
     g.add_argument("--lr", type=float, help="initial learning rate (default: 0.1 Inception, 0.01 others)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--lr-decay", type=float, help="lr factor per epoch (default: the dataset's)")
@@ -107,16 +108,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", metavar="OUT.parquet",
                    help="keep per-sample records (sample_records) and write them to this Parquet file")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the config this command line would train, resolved (JSON, every field, the data "
+                        "set's and architecture's defaults applied: rethink_dist/defaults.py), and exit without "
+                        "training")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.json:
+    if args.json and not args.print_config:
         check_writable(args.json, "--json")
-    if args.samples:
+    if args.samples and not args.print_config:
         check_writable(args.samples, "--samples")
     cfg = config_from_args(args)
     if args.samples and not cfg.sample_records:
         cfg = cfg.replace(sample_records=True)
+    if args.print_config:
+        print(json.dumps(cfg.resolved().to_dict(), indent=2))
+        return 0
     if cfg.resources.ddp_workers:
         return run_ddp(cfg, args)
     from rethink_dist.metrics import ConsoleSink

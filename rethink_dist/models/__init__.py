@@ -1,9 +1,11 @@
 """Model registry: ``create(name, input_shape, num_classes, **kwargs)``.
 
-Each family lives in its own module and registers its builders with
-:func:`rethink_dist.models.registry.register`; what each architecture can express is declared in
-:data:`rethink_dist.protocol.MODELS`. A builder
-takes ``input_shape`` as (C, H, W), ``num_classes`` and its keyword arguments; ``dropout`` and
+An architecture is one file of this folder: its builder, and beside it the one
+``@register_model(name, **facts)`` (:mod:`rethink_dist.architectures`) that names it and states
+what it can express, the paper's learning rate and weight decay for it, and its parameter count.
+No import list is kept: the architectures are the declarations found in the folder's files, and
+:func:`create` imports a builder's module when it first builds that model. A builder takes
+``input_shape`` as (C, H, W), ``num_classes`` and its keyword arguments; ``dropout`` and
 ``batch_norm`` are passed only to the models that declare they support them.
 
 Outside architectures (``torchvision:<builder>``, ``timm:<name>``, ``<module>:<callable>``) are
@@ -12,23 +14,25 @@ built by :mod:`rethink_dist.models.external`.
 
 from __future__ import annotations
 
+import importlib
+from typing import Callable
+
 import torch.nn as nn
 
-# The families register their builders when imported.
-from rethink_dist.models import alexnet, inception, inception_v3, mlp  # noqa: F401
+from rethink_dist.architectures import MODELS, ModelSpec, model_spec, register_model
 from rethink_dist.errors import ConfigError
 from rethink_dist.external import is_external
 from rethink_dist.models import external
-from rethink_dist.models.registry import BUILDERS
-from rethink_dist.protocol import MODELS, ModelSpec
 
-__all__ = ["MODELS", "ModelSpec", "count_params", "create", "model_capabilities"]
+__all__ = ["MODELS", "ModelSpec", "builder", "count_params", "create", "model_capabilities", "register_model"]
+
+model_capabilities = model_spec  # what architecture ``name`` can express; ConfigError if it is unknown
 
 
-def model_capabilities(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise ConfigError(f"unknown architecture {name!r}; valid: {', '.join(sorted(MODELS))}")
-    return MODELS[name]
+def builder(name: str) -> Callable[..., nn.Module]:
+    """The builder of architecture ``name``, its module imported."""
+    spec = model_spec(name)
+    return getattr(importlib.import_module(spec.module), spec.builder)
 
 
 def create(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwargs) -> nn.Module:
@@ -50,7 +54,7 @@ def create(name: str, input_shape: tuple[int, int, int], num_classes: int, **kwa
             raise ConfigError(f"{name!r} cannot drop BatchNorm")
         kwargs["batch_norm"] = False
     c, h, w = input_shape
-    return BUILDERS[name]((int(c), int(h), int(w)), int(num_classes), **kwargs)
+    return builder(name)((int(c), int(h), int(w)), int(num_classes), **kwargs)
 
 
 def count_params(model: nn.Module) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from rethink_dist.models.registry import register
+from rethink_dist.architectures import register_model
 
 
 def _module(c_in: int) -> list[nn.Module]:
@@ -59,7 +59,7 @@ class AlexNetSmall(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register("alexnet_small")
+@register_model("alexnet_small", dropout=True, params=1_387_786)
 def alexnet_small(input_shape, num_classes, dropout: float = 0.0) -> nn.Module:
     """Small AlexNet: two conv/pool/LRN modules, FC 384, FC 192, linear."""
     return AlexNetSmall(input_shape, num_classes, dropout)

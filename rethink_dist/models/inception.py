@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from rethink_dist.models.registry import register
+from rethink_dist.architectures import register_model
 
 
 class ConvModule(nn.Sequential):
@@ -85,7 +85,7 @@ class InceptionSmall(nn.Module):
         return self.fc(self.dropout(x))
 
 
-@register("inception_small")
+@register_model("inception_small", dropout=True, batch_norm_switch=True, lr=0.1, params=1_649_402)
 def inception_small(input_shape, num_classes, batch_norm: bool = True, dropout: float = 0.0) -> nn.Module:
     """Small Inception of the paper; batch_norm=False gives the variant without BatchNorm."""
     return InceptionSmall(input_shape, num_classes, batch_norm=batch_norm, dropout=dropout)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rethink_dist.models.registry import register
+from rethink_dist.architectures import register_model
 
 MIN_SIDE = 75
 AUX_MIN_SIDE = 299  # the size the auxiliary head was designed for
@@ -49,7 +49,7 @@ class InceptionV3(nn.Module):
         return out
 
 
-@register("inception_v3")
+@register_model("inception_v3", kwargs=("aux_logits",), dropout=True, lr=0.1)
 def inception_v3(input_shape, num_classes, dropout: float = 0.0, aux_logits: bool | None = None) -> nn.Module:
     """torchvision's Inception V3 (auxiliary head automatic at 299x299)."""
     return InceptionV3(input_shape, num_classes, dropout=dropout, aux_logits=aux_logits)

@@ -6,7 +6,7 @@ import math
 
 import torch.nn as nn
 
-from rethink_dist.models.registry import register
+from rethink_dist.architectures import register_model
 
 
 def _mlp(input_shape: tuple[int, int, int], num_classes: int, depth: int, width: int, dropout: float) -> nn.Module:
@@ -21,13 +21,13 @@ def _mlp(input_shape: tuple[int, int, int], num_classes: int, depth: int, width:
     return nn.Sequential(*layers)
 
 
-@register("mlp_1x512")
+@register_model("mlp_1x512", dropout=True, weight_decay=1e-4, params=1_209_866)
 def mlp_1x512(input_shape, num_classes, dropout: float = 0.0) -> nn.Module:
     """One hidden layer of 512 units (1,209,866 parameters on 3x28x28, 10 classes)."""
     return _mlp(input_shape, num_classes, 1, 512, dropout)
 
 
-@register("mlp_3x512")
+@register_model("mlp_3x512", dropout=True, weight_decay=1e-4, params=1_735_178)
 def mlp_3x512(input_shape, num_classes, dropout: float = 0.0) -> nn.Module:
     """Three hidden layers of 512 units (1,735,178 parameters on 3x28x28, 10 classes)."""
     return _mlp(input_shape, num_classes, 3, 512, dropout)
