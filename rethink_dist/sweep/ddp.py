@@ -258,13 +258,26 @@ def _train_storage() -> tuple[str | None, Any]:
         return None, None
 
 
+def worker_range(cfg: TrialConfig) -> tuple[int, int]:
+    """(fewest, most) Ray Train workers of a data-parallel trial: equal unless it may resize."""
+    res = cfg.resources
+    return (res.ddp_workers if res.ddp_min_workers is None else res.ddp_min_workers), res.ddp_workers
+
+
 def _scaling(cfg: TrialConfig):
     import ray.train
 
     res = cfg.resources
     use_gpu = res.gpus > 0
     per_worker = {"CPU": float(res.cpus), **({"GPU": float(res.gpus)} if use_gpu else {})}
-    return ray.train.ScalingConfig(num_workers=res.ddp_workers, use_gpu=use_gpu, resources_per_worker=per_worker)
+    low, high = worker_range(cfg)
+    if low == high:
+        return ray.train.ScalingConfig(num_workers=high, use_gpu=use_gpu, resources_per_worker=per_worker)
+    # Elastic: each (re)start of the worker group takes as many workers as the resources Ray
+    # Train's autoscaling coordinator holds for it (at least `low`), and a running group is
+    # resized every ddp_resize_check_s when that number has changed.
+    return ray.train.ScalingConfig(num_workers=(low, high), use_gpu=use_gpu, resources_per_worker=per_worker,
+                                   elastic_resize_monitor_interval_s=float(res.ddp_resize_check_s))
 
 
 def run_ddp_trial(spec: dict[str, Any]) -> None:
