@@ -203,7 +203,8 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     device = resolve_device(placed_device(cfg.device, ray.get_gpu_ids()))
     per_rank = cfg.optim.batch_size // world
     # The loader reads at the per-rank batch; it knows nothing of the trial's resources.
-    rank_cfg = cfg.replace(**{"optim.batch_size": per_rank, "resources.ddp_workers": 0})
+    rank_cfg = cfg.replace(**{"optim.batch_size": per_rank, "resources.ddp_workers": 0,
+                              "resources.ddp_min_workers": None})
     ffcv, meta = build_ffcv_loader(rank_cfg, device, distributed=True, eval_shard=(rank, world))
     meta.update({
         "labels_fingerprint": labels_fingerprint(ffcv.train_y),
