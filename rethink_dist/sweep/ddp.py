@@ -19,6 +19,15 @@ On every worker:
   weights, its shard's size) and ``shards.npz`` (the sample indices and labels each rank trained
   on that epoch): the proof that the ranks agree and that their shards partition the epoch.
 
+With ``resources.ddp_min_workers`` the trial is elastic (Ray Train's ``num_workers=(min, max)``):
+after a lost worker, or when more nodes are there at a check every ``resources.ddp_resize_check_s``,
+Ray Train starts the worker group again from the last checkpoint at the size the cluster holds.
+The code above needs nothing else for it: each attempt's ranks read the world size from Ray
+Train's context, take ``batch_size / world`` samples a step (the global batch is the config's
+at every size), shard the epoch's order (a function of (seed, epoch)) over the current ranks,
+and report that world size with each epoch; a checkpoint is rank 0's replicated state, so it
+loads at any size. docs/imagenet.md ("Trials that resize") says what stays exact.
+
 Each report reaches this Tune trial through a Train callback; the trial reports it to Tune
 with its checkpoint, so Tune holds it like any trial's: the driver writes the epoch to Parquet
 and MLflow as for a single-process trial, and a Tune retry resumes from it. A lost worker makes
@@ -208,9 +217,11 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     ffcv, meta = build_ffcv_loader(rank_cfg, device, distributed=True, eval_shard=(rank, world))
     meta.update({
         "labels_fingerprint": labels_fingerprint(ffcv.train_y),
-        "ddp_workers": world,
+        # The trial's facts, whatever the size of this attempt (each epoch row has its world_size).
+        "ddp_workers": cfg.resources.ddp_workers,
+        **({"ddp_min_workers": cfg.resources.ddp_min_workers} if cfg.resources.ddp_min_workers is not None else {}),
         "ddp_backend": dist.get_backend(),
-        "batch_per_worker": per_rank,
+        "batch_per_worker": cfg.optim.batch_size // cfg.resources.ddp_workers,
         "recipe": RECIPE_NAME if cfg.data.name == "imagenet" else "",
     })
     trial = DistributedTrial(cfg, RankLoader(ffcv, per_rank), meta, rank, world)
