@@ -106,6 +106,11 @@ class ResourceConfig:
     cpus: float = 1.0  # per trial (or per data-parallel worker)
     gpus: float = 0.0  # per trial (or per data-parallel worker); fractions let small trials share a GPU
     ddp_workers: int = 0  # >0: data-parallel trial with this many Ray Train workers
+    # A data-parallel trial that resizes: None keeps it at ddp_workers; 1 <= m < ddp_workers lets it go
+    # on with as few as m workers when nodes are lost, and grow back to ddp_workers (Ray Train's
+    # elastic training; rethink_dist.sweep.ddp)
+    ddp_min_workers: int | None = None
+    ddp_resize_check_s: float = 60.0  # an elastic trial checks this often whether it can grow back
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,10 @@ class TrialConfig:
             raise ConfigError(f"resources.gpus must be >= 0, got {res.gpus}")
         if res.ddp_workers < 0:
             raise ConfigError(f"resources.ddp_workers must be >= 0, got {res.ddp_workers}")
+        _positive("resources.ddp_resize_check_s", res.ddp_resize_check_s)
+        if res.ddp_min_workers is not None and not res.ddp_workers:
+            raise ConfigError(f"resources.ddp_min_workers={res.ddp_min_workers} needs a data-parallel trial; valid: "
+                              "resources.ddp_workers >= 1, or resources.ddp_min_workers=None")
         if res.ddp_workers:  # a data-parallel trial (rethink_dist.sweep.ddp)
             if self.data.loader != "ffcv":
                 raise ConfigError(f"resources.ddp_workers={res.ddp_workers} needs data.loader='ffcv' (each rank reads "
@@ -271,6 +280,17 @@ class TrialConfig:
             if self.optim.batch_size % res.ddp_workers:
                 raise ConfigError(f"optim.batch_size={self.optim.batch_size} (the global batch) must be a multiple of "
                                   f"resources.ddp_workers={res.ddp_workers}")
+            low = res.ddp_min_workers
+            if low is not None:
+                if not 1 <= low <= res.ddp_workers:
+                    raise ConfigError(f"resources.ddp_min_workers={low} is out of range; valid: 1..{res.ddp_workers} "
+                                      f"(resources.ddp_workers={res.ddp_workers} is the most)")
+                # The global batch stays optim.batch_size at every size the trial may run at.
+                odd = [w for w in range(low, res.ddp_workers + 1) if self.optim.batch_size % w]
+                if odd:
+                    raise ConfigError(f"optim.batch_size={self.optim.batch_size} (the global batch) must be a multiple "
+                                      f"of every world size from resources.ddp_min_workers={low} to "
+                                      f"resources.ddp_workers={res.ddp_workers}, not of {odd[0]}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if self.sample_records and res.ddp_workers:

@@ -59,11 +59,12 @@ class LaptopCluster:
     """cluster/laptop.yaml started for a test: no worker node until trials wait for one.
 
     ``overrides``: top-level keys of the config to replace (e.g. ``idle_timeout_minutes``);
-    ``node_types``: replacement ``available_node_types`` entries (merged by name).
+    ``node_types``: replacement ``available_node_types`` entries (merged by name); ``env``: more
+    environment variables for every process of the cluster.
     """
 
     def __init__(self, root: Path, overrides: dict[str, Any] | None = None,
-                 node_types: dict[str, dict[str, Any]] | None = None):
+                 node_types: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.mark = uuid.uuid4().hex
@@ -86,6 +87,7 @@ class LaptopCluster:
                     "AUTOSCALER_UPDATE_INTERVAL_S": "1", "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "5",
                     # ... and the GCS declares it dead after 3 missed health checks of 1 s.
                     "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+        self.env.update(env or {})
         self.env.pop("RAY_ADDRESS", None)
         # Ray's session folder holds Unix sockets (paths of at most 107 bytes): a short folder of its own.
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="rd-as-"))

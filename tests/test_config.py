@@ -53,11 +53,35 @@ def test_flat_and_name():
     ({"data": {"loader": "ffcv", "beton_dir": "/b"}, "sample_records": True,
       "resources": {"ddp_workers": 2}}, "sample_records=True with resources.ddp_workers=2"),
     ({"sample_records": "yes"}, "must be bool"),
+    # an elastic data-parallel trial: 1 <= ddp_min_workers <= ddp_workers, and a global batch that
+    # divides by every world size it may run at
+    ({"data": {"loader": "ffcv", "beton_dir": "/b"}, "resources": {"ddp_workers": 2, "ddp_min_workers": 0}},
+     r"resources.ddp_min_workers=0 is out of range; valid: 1..2"),
+    ({"data": {"loader": "ffcv", "beton_dir": "/b"}, "resources": {"ddp_workers": 2, "ddp_min_workers": 3}},
+     r"resources.ddp_min_workers=3 is out of range; valid: 1..2"),
+    ({"resources": {"ddp_min_workers": 1}}, "resources.ddp_min_workers=1 needs a data-parallel trial"),
+    ({"data": {"loader": "ffcv", "beton_dir": "/b"}, "optim": {"batch_size": 16},
+      "resources": {"ddp_workers": 4, "ddp_min_workers": 2}}, "must be a multiple of every world size from "
+     "resources.ddp_min_workers=2 to resources.ddp_workers=4, not of 3"),
+    ({"data": {"loader": "ffcv", "beton_dir": "/b"}, "resources": {"ddp_workers": 2, "ddp_resize_check_s": 0}},
+     "resources.ddp_resize_check_s must be > 0"),
 ])
 def test_bad_values_are_refused_with_one_line(d, match):
     with pytest.raises(ConfigError, match=match) as e:
         TrialConfig.from_dict(d)
     assert "\n" not in str(e.value)
+
+
+def test_elastic_ddp_range():
+    from rethink_dist.sweep.ddp import worker_range
+
+    base = {"data": {"loader": "ffcv", "beton_dir": "/b"}, "optim": {"batch_size": 24}}
+    fixed = TrialConfig.from_dict({**base, "resources": {"ddp_workers": 4}})
+    assert worker_range(fixed) == (4, 4)
+    elastic = TrialConfig.from_dict({**base, "resources": {"ddp_workers": 4, "ddp_min_workers": 1}})
+    assert worker_range(elastic) == (1, 4)
+    assert "resources.ddp_min_workers" in elastic.to_flat()
+    assert elastic.fingerprint() == fixed.fingerprint(), "the resources do not change what a trial computes"
 
 
 def test_replace_validates():

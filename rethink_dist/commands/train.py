@@ -27,6 +27,7 @@ FLAG_KEYS = {
     "weight_decay": "reg.weight_decay", "augment": "reg.augment", "dropout": "reg.dropout",
     "batch_norm": "reg.batch_norm", "stop_when_fitted": "stop.stop_when_fitted",
     "fit_threshold": "stop.fit_threshold", "ddp_workers": "resources.ddp_workers",
+    "ddp_min_workers": "resources.ddp_min_workers",
     "cpus": "resources.cpus", "gpus": "resources.gpus",
     "seed": "seed", "device": "device", "precision": "precision", "name": "name",
 }
@@ -74,6 +75,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto (default) | cpu | cuda")
     g.add_argument("--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
     g.add_argument("--ddp-workers", type=int, help="data-parallel workers (Ray Train) for this trial")
+    g.add_argument("--ddp-min-workers", type=int, help="fewest data-parallel workers: the trial goes on with as few "
+                                                       "when nodes are lost, and grows back to --ddp-workers")
     g.add_argument("--cpus", type=float, help="CPUs per trial / per data-parallel worker")
     g.add_argument("--gpus", type=float, help="GPUs per trial")
     g.add_argument("--name", help="run name (default: built from the config)")

@@ -19,6 +19,15 @@ On every worker:
   weights, its shard's size) and ``shards.npz`` (the sample indices and labels each rank trained
   on that epoch): the proof that the ranks agree and that their shards partition the epoch.
 
+With ``resources.ddp_min_workers`` the trial is elastic (Ray Train's ``num_workers=(min, max)``):
+after a lost worker, or when more nodes are there at a check every ``resources.ddp_resize_check_s``,
+Ray Train starts the worker group again from the last checkpoint at the size the cluster holds.
+The code above needs nothing else for it: each attempt's ranks read the world size from Ray
+Train's context, take ``batch_size / world`` samples a step (the global batch is the config's
+at every size), shard the epoch's order (a function of (seed, epoch)) over the current ranks,
+and report that world size with each epoch; a checkpoint is rank 0's replicated state, so it
+loads at any size. docs/imagenet.md ("Trials that resize") says what stays exact.
+
 Each report reaches this Tune trial through a Train callback; the trial reports it to Tune
 with its checkpoint, so Tune holds it like any trial's: the driver writes the epoch to Parquet
 and MLflow as for a single-process trial, and a Tune retry resumes from it. A lost worker makes
@@ -203,13 +212,16 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     device = resolve_device(placed_device(cfg.device, ray.get_gpu_ids()))
     per_rank = cfg.optim.batch_size // world
     # The loader reads at the per-rank batch; it knows nothing of the trial's resources.
-    rank_cfg = cfg.replace(**{"optim.batch_size": per_rank, "resources.ddp_workers": 0})
+    rank_cfg = cfg.replace(**{"optim.batch_size": per_rank, "resources.ddp_workers": 0,
+                              "resources.ddp_min_workers": None})
     ffcv, meta = build_ffcv_loader(rank_cfg, device, distributed=True, eval_shard=(rank, world))
     meta.update({
         "labels_fingerprint": labels_fingerprint(ffcv.train_y),
-        "ddp_workers": world,
+        # The trial's facts, whatever the size of this attempt (each epoch row has its world_size).
+        "ddp_workers": cfg.resources.ddp_workers,
+        **({"ddp_min_workers": cfg.resources.ddp_min_workers} if cfg.resources.ddp_min_workers is not None else {}),
         "ddp_backend": dist.get_backend(),
-        "batch_per_worker": per_rank,
+        "batch_per_worker": cfg.optim.batch_size // cfg.resources.ddp_workers,
         "recipe": RECIPE_NAME if cfg.data.name == "imagenet" else "",
     })
     trial = DistributedTrial(cfg, RankLoader(ffcv, per_rank), meta, rank, world)
@@ -258,13 +270,26 @@ def _train_storage() -> tuple[str | None, Any]:
         return None, None
 
 
+def worker_range(cfg: TrialConfig) -> tuple[int, int]:
+    """(fewest, most) Ray Train workers of a data-parallel trial: equal unless it may resize."""
+    res = cfg.resources
+    return (res.ddp_workers if res.ddp_min_workers is None else res.ddp_min_workers), res.ddp_workers
+
+
 def _scaling(cfg: TrialConfig):
     import ray.train
 
     res = cfg.resources
     use_gpu = res.gpus > 0
     per_worker = {"CPU": float(res.cpus), **({"GPU": float(res.gpus)} if use_gpu else {})}
-    return ray.train.ScalingConfig(num_workers=res.ddp_workers, use_gpu=use_gpu, resources_per_worker=per_worker)
+    low, high = worker_range(cfg)
+    if low == high:
+        return ray.train.ScalingConfig(num_workers=high, use_gpu=use_gpu, resources_per_worker=per_worker)
+    # Elastic: each (re)start of the worker group takes as many workers as the resources Ray
+    # Train's autoscaling coordinator holds for it (at least `low`), and a running group is
+    # resized every ddp_resize_check_s when that number has changed.
+    return ray.train.ScalingConfig(num_workers=(low, high), use_gpu=use_gpu, resources_per_worker=per_worker,
+                                   elastic_resize_monitor_interval_s=float(res.ddp_resize_check_s))
 
 
 def run_ddp_trial(spec: dict[str, Any]) -> None:

@@ -298,6 +298,7 @@ def smoke_items(items: list[Any], max_trials: int = 4) -> list[Any]:
                        "stop.stop_when_fitted": False, "resources.gpus": 0.0}
             if cfg.resources.ddp_workers:  # two CPU workers on small images
                 changes.update({"resources.ddp_workers": 2, "resources.cpus": 1.0, "optim.batch_size": 16,
+                                "resources.ddp_min_workers": None if cfg.resources.ddp_min_workers is None else 1,
                                 "data.image_size": min(cfg.data.image_size or 96, 96)})
             small = cfg.replace(**changes)
             key = json.dumps(small.to_dict(), sort_keys=True, default=str)
