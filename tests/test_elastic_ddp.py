@@ -3,10 +3,12 @@
 One sweep of one data-parallel trial (digits through a real .beton, 1 to 2 Ray Train workers of
 0.9 CPU, so that each one-CPU gpu_1x node holds one worker and the node of the first also holds
 the Tune trial's 0.1 CPU). Once Parquet has epochs at world size 2, the node of the worker that
-shares no node with the Tune trial is SIGKILLed, and the autoscaler may add no node for a while
-(gpu_1x max_workers lowered to the one node left: a spot market with no capacity). The trial
-must go on at world size 1 on the node left, grow back to 2 once the capacity returns
-(max_workers 2 again), and finish with every epoch exactly once in Parquet and in MLflow.
+shares no node with the Tune trial is SIGKILLed, and the autoscaler may add no node (gpu_1x
+max_workers lowered to the one node left: a spot market with no capacity). The trial must go on
+from its checkpoint at world size 1 on the node left, without waiting for a replacement, and
+finish there with every epoch exactly once in Parquet and in MLflow. (Growing back when capacity
+returns is Ray Train's resize of a running group, docs/imagenet.md; the suite does not wait for
+it: the coordinator's 20 s view of the cluster makes it a minute more.)
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from test_sweep import child_runs, mlflow_runs
 
 from conftest import VENV_BIN
 
-EPOCHS = 60
-MAX_TRAIN, BATCH = 1280, 8  # 160 steps an epoch at either world size
+EPOCHS = 40
+MAX_TRAIN, BATCH = 1280, 16  # 80 steps an epoch at either world size
 
 
 def _sweep_file(path, beton, epochs: int):
@@ -121,15 +123,6 @@ def resized(tmp_path_factory, mlflow_server, digits_beton):
         cluster.wait(at_one_after_kill, 120, "epochs at world size 1 after the node was lost")
         out["t_one"] = time.time()
         out["workers_while_one"] = cluster.workers_alive()
-        _set_max_workers(cluster, "gpu_1x", 2)
-        out["t_capacity"] = time.time()
-
-        def grown_back():
-            df = rows()
-            return df is not None and ((df["world_size"] == 2) & (df["ended_at"] > out["t_capacity"])).any()
-
-        cluster.wait(grown_back, 150, "the trial to grow back to world size 2")
-        out["t_grown"] = time.time()
         while driver.poll() is None:
             assert time.time() < out["t0"] + 600, "the sweep did not finish within 10 minutes"
             time.sleep(0.5)
@@ -144,7 +137,7 @@ def resized(tmp_path_factory, mlflow_server, digits_beton):
         cluster.shutdown()
 
 
-def test_lost_node_shrinks_the_trial_and_capacity_grows_it_back(resized, mlflow_server):
+def test_lost_node_shrinks_the_trial_which_finishes_at_the_smaller_size(resized, mlflow_server):
     r = resized
     assert r["driver_rc"] == 0, r["driver_log"][-4000:]
     assert "1/1 trials with results, 0 failed" in r["driver_log"], r["driver_log"][-3000:]
@@ -155,8 +148,8 @@ def test_lost_node_shrinks_the_trial_and_capacity_grows_it_back(resized, mlflow_
     assert set(df["world_size"]) == {1, 2}
     sizes = df["world_size"].tolist()
     runs = [s for i, s in enumerate(sizes) if i == 0 or sizes[i - 1] != s]
-    # 2 before the fault (after, possibly, a start at 1 while the second node booted), 1 after it, 2 again.
-    assert runs[-3:] == [2, 1, 2], runs
+    # 2 before the fault (after, possibly, a start at 1 while the second node booted), then 1 to the end.
+    assert runs[-2:] == [2, 1], runs
     after_kill = df[df["ended_at"] > r["t_kill"]]
     shrunk = after_kill[after_kill["world_size"] == 1]
     # The trial went on at world size 1 while no replacement could start: the one node left held it.
@@ -166,8 +159,7 @@ def test_lost_node_shrinks_the_trial_and_capacity_grows_it_back(resized, mlflow_
     # It went on from its last checkpoint: the first epoch at world size 1 follows the last one Parquet
     # had when the node was lost, or the one whose report was under way then.
     assert int(shrunk["epoch"].min()) - r["last_epoch_before_kill"] in (1, 2), (shrunk["epoch"].min(), r)
-    grown = df[(df["ended_at"] > r["t_capacity"]) & (df["world_size"] == 2)]
-    assert len(grown) and int(grown["epoch"].min()) > int(shrunk["epoch"].max())
+    assert int(shrunk["epoch"].max()) == EPOCHS
     # The global batch stayed optim.batch_size: the same number of steps per epoch at every size.
     assert set(df["step"].diff().dropna()) == {MAX_TRAIN // BATCH}, df["step"].diff().value_counts()
     assert df["finished"].sum() == 1 and bool(df["finished"].iloc[-1])
@@ -179,6 +171,5 @@ def test_lost_node_shrinks_the_trial_and_capacity_grows_it_back(resized, mlflow_
         steps = [m.step for m in client.get_metric_history(children[0].info.run_id, key)]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), f"MLflow {key}: a gap or a repeated epoch"
     print(f"\nelastic ddp: world 2 at {r['t_two'] - r['t0']:.0f} s, node lost at {r['t_kill'] - r['t0']:.0f} s "
-          f"(rank 0's node: {r['victim_rank0']}), world 1 rows by {r['t_one'] - r['t0']:.0f} s, capacity back at "
-          f"{r['t_capacity'] - r['t0']:.0f} s, world 2 again by {r['t_grown'] - r['t0']:.0f} s, "
+          f"(rank 0's node: {r['victim_rank0']}), world 1 rows by {r['t_one'] - r['t0']:.0f} s, "
           f"end {r['t_end'] - r['t0']:.0f} s; sizes {runs}")
