@@ -115,7 +115,27 @@ def _write_beton(path: Path, samples: Any, image_field: Any, workers: int, label
     page_size = MIN_PAGE_SIZE if len(samples) < 100_000 else 4 * MIN_PAGE_SIZE
     writer = DatasetWriter(str(path), {"image": image_field, "label": IntField(), "index": IntField()},
                            page_size=page_size, num_workers=workers)
-    writer.from_indexed_dataset(samples, chunksize=max(1, min(100, len(samples) // (4 * workers) or 1)))
+    try:
+        writer.from_indexed_dataset(samples, chunksize=max(1, min(100, len(samples) // (4 * workers) or 1)))
+    except BaseException:
+        _end_writer_processes()
+        raise
+
+
+def _end_writer_processes() -> None:
+    """End FFCV's writer processes (this process's multiprocessing children) when the write stops
+    early (an error, a stop signal): left running, they go on writing the samples they hold and
+    open the file for appending, which makes it again after the caller has removed it."""
+    import multiprocessing
+
+    from rethink_dist import stopping
+
+    with stopping.deferred():
+        children = multiprocessing.active_children()
+        for p in children:
+            p.terminate()
+        for p in children:
+            p.join(10)
 
 
 def prepare(name: str, data_root: str | None, out: str | os.PathLike, *, max_resolution: int | None = None,
