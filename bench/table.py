@@ -219,15 +219,19 @@ def elastic_block(doc: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _take_doc(argv: list[str]) -> tuple[Path | None, list[str]]:
+    """(the --doc path or None, the other arguments); a --doc without a path exits 2 in one line."""
+    if "--doc" not in argv:
+        return None, argv
+    i = argv.index("--doc")
+    if i + 1 >= len(argv):
+        print("bench/table.py: --doc needs a path (docs/cluster.md)", file=sys.stderr)
+        raise SystemExit(2)
+    return Path(argv[i + 1]), argv[:i] + argv[i + 2:]
+
+
 def elastic_main(argv: list[str]) -> int:
-    doc_path = None
-    if "--doc" in argv:
-        i = argv.index("--doc")
-        if i + 1 >= len(argv):
-            print("bench/table.py: --doc needs a path (docs/cluster.md)", file=sys.stderr)
-            return 2
-        doc_path = Path(argv[i + 1])
-        argv = argv[:i] + argv[i + 2:]
+    doc_path, argv = _take_doc(argv)
     if len(argv) != 1:
         print("bench/table.py: usage: bench/table.py elastic [--doc docs/cluster.md] ELASTIC.json", file=sys.stderr)
         return 2
@@ -245,14 +249,7 @@ def elastic_main(argv: list[str]) -> int:
 
 
 def cost_main(argv: list[str]) -> int:
-    doc = None
-    if "--doc" in argv:
-        i = argv.index("--doc")
-        if i + 1 >= len(argv):
-            print("bench/table.py: --doc needs a path (docs/cluster.md)", file=sys.stderr)
-            return 2
-        doc = Path(argv[i + 1])
-        argv = argv[:i] + argv[i + 2:]
+    doc, argv = _take_doc(argv)
     files = [Path(f) for f in argv] or sorted(REPO.glob(GPU_GLOB))
     try:
         gpu = merge_gpu(files) if files else None

@@ -2,8 +2,8 @@
 
 The head is a `ray start --head` with Ray's local (fake multi-node) provider and its autoscaler;
 every worker node the autoscaler launches is a real raylet on this machine that it starts and
-ends. Ray's ``cluster_utils.AutoscalingCluster`` is not used: its start and shutdown run
-``ray stop --force``, which ends every Ray process of the machine.
+ends. Ray's ``cluster_utils.AutoscalingCluster`` is not used: its start and shutdown end every
+Ray process of the machine, not only its own.
 
 Everything this class starts carries an environment variable with a value of its own (the head
 and its autoscaler inherit it, and so does every node the autoscaler launches and every worker

@@ -486,7 +486,7 @@ class TokenCluster:
 
 @pytest.fixture(scope="module")
 def token_cluster(tmp_path_factory):
-    """One two-node cluster for this module's job tests (the elastic test, last, loses its worker)."""
+    """One two-node cluster for this module's job test."""
     cluster = TokenCluster(tmp_path_factory.mktemp("cluster"))
     try:
         yield cluster
