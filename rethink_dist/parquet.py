@@ -1,41 +1,125 @@
-"""The sweep's Parquet table: one row per (trial, epoch), rewritten atomically as results arrive.
+"""The sweep's Parquet table, ``trials.parquet``: a folder of Parquet parts, one per trial, that any
+Parquet reader opens as one table (``pandas.read_parquet``, ``pyarrow.parquet.read_table``, DuckDB).
 
-Rows are keyed by (trial_id, epoch): a retried or resumed trial overwrites its own rows, never
-duplicates them. Columns: docs/results-format.md.
+One row per (trial, epoch). A trial's part, ``trials.parquet/<trial_id>.parquet``, holds the
+complete set of that trial's rows: it is written beside and renamed over (a write cut short leaves
+the part before it), and replaced whole when the trial reports again or is reconciled from its
+checkpoint, so a retried or resumed trial overwrites its own rows, never duplicates them. A flush
+writes only the parts of the trials that reported since the last one, so its cost does not grow
+with the sweep (``bench/driver.py`` measures it against the single file rewritten whole that this
+replaced). Every part has the sweep's one schema (also kept in ``_common_metadata``, the Parquet
+convention for a dataset's schema), so a reader that infers the schema from one part sees every
+column. The driver holds in memory only the rows of the trials it is writing and a small index of
+every trial (its last epoch, finished or not). Columns: docs/results-format.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rethink_dist.files import atomic_path
-from rethink_dist.records import ROW_KEYS, SAMPLE_KEYS
+from rethink_dist.records import COLUMN_TYPES, RECORD_KEYS, ROW_KEYS, SAMPLE_KEYS
 
 FIRST_COLUMNS = [k for k in ROW_KEYS if k != "finished"]
+SCHEMA_FILE = "_common_metadata"  # the sweep's schema, beside the parts (readers skip names starting with _ or .)
+HELD_TRIALS = 256  # trials whose written rows stay in memory (most recently reported first); the rest are read back
+_TYPES = {"string": pa.string(), "int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_()}
 _LIVE: dict[str, "ResultsTable"] = {}  # resolved path -> the table a running sweep writes
 
 
+def sweep_schema(flats: Iterable[dict[str, Any]]) -> pa.Schema:
+    """The table's schema for a sweep whose trials have these flat configs: the row keys and every
+    record key with their declared types (records.COLUMN_TYPES), then the config columns, each typed
+    from the values the sweep's trials give it (a column whose values mix kinds holds their JSON)."""
+    names = FIRST_COLUMNS + [k for k in RECORD_KEYS if k not in FIRST_COLUMNS] + ["finished"]
+    fields = [pa.field(k, _TYPES[COLUMN_TYPES[k]]) for k in names]
+    values: dict[str, list[Any]] = {}
+    for flat in flats:
+        for k, v in flat.items():
+            values.setdefault(k, []).append(v)
+    fields += [pa.field(k, _infer(vs)) for k, vs in values.items() if k not in COLUMN_TYPES]
+    return pa.schema(fields)
+
+
+def _infer(values: list[Any]) -> pa.DataType:
+    try:
+        return pa.array(values).type
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return pa.string()  # mixed kinds of value (a number here, a word there): their JSON text
+
+
+def _column(name: str, values: list[Any], type_: pa.DataType) -> pa.Array:
+    """``values`` as a column of ``type_``: ints and floats converted where exact, anything in a
+    string column that is not a string as its JSON; a value that does not fit is an error."""
+    if pa.types.is_integer(type_) and any(isinstance(v, float) and not v.is_integer() for v in values):
+        # pyarrow would truncate such a value without a word
+        bad = [v for v in values if isinstance(v, float) and not v.is_integer()]
+        raise ValueError(f"trials.parquet: column {name!r} is {type_}, and {bad[:3]} do not fit it")
+    try:
+        return pa.array(values, type=type_)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        pass
+    if pa.types.is_string(type_):
+        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in values], type_)
+    try:
+        return pa.array(values).cast(type_)  # safe casts only: 3.0 -> 3, 2 -> 2.0
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"trials.parquet: column {name!r} is {type_}, and {values[:3]} do not fit it ({e})") from None
+
+
+def _read_schema(folder: Path) -> pa.Schema | None:
+    try:
+        return pq.read_schema(folder / SCHEMA_FILE)
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def _write_schema(folder: Path, schema: pa.Schema) -> None:
+    with atomic_path(folder / SCHEMA_FILE, after_interrupt=True) as tmp:
+        pq.write_metadata(schema, tmp)
+
+
+def _parts(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+
+
 class ResultsTable:
-    def __init__(self, path: str | os.PathLike, min_interval_s: float = 2.0):
+    """The rows of a sweep, written to ``path`` (the ``trials.parquet`` folder) as they arrive.
+
+    ``schema``: the sweep's (:func:`sweep_schema`); without it, the one stored in the folder, or one
+    inferred from the first rows. A single-file table of an earlier version found at ``path`` is
+    turned into the folder form first, with the same rows."""
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema | None = None, min_interval_s: float = 2.0):
         self.path = Path(path)
         self.min_interval_s = min_interval_s
-        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
+        self._held: dict[str, dict[int, dict[str, Any]]] = {}  # trial -> epoch -> row, most recent last
+        self._dirty: set[str] = set()  # held trials whose part is behind their rows
+        self._index: dict[str, tuple[int, bool]] = {}  # every trial with rows -> (last epoch, finished)
         self._last_write = 0.0
-        self._dirty = False
-        if self.path.exists():
-            for row in pq.read_table(self.path).to_pylist():
-                self.rows[(row["trial_id"], int(row["epoch"]))] = row
+        self._convert_single_file()
+        self.path.mkdir(parents=True, exist_ok=True)
+        for tmp in self.path.glob(".*.tmp*"):  # a write cut short by a killed driver (one driver: the lease)
+            if not tmp.name.endswith(f".tmp{os.getpid()}"):
+                tmp.unlink(missing_ok=True)
+        self.schema = _read_schema(self.path)
+        self._names = set(self.schema.names) if self.schema is not None else set()
+        if schema is not None:
+            self._widen(schema)
+        self._load_index()
 
     # Tune pickles its callbacks with the experiment state and unpickles them on --resume: the
     # table travels as its path. Unpickled while a sweep holds the table live (see live()), it is
-    # that same table (one set of rows, shared); otherwise it reloads the rows written so far.
+    # that same table (one set of rows, shared); otherwise it reads the folder again.
     def __getstate__(self) -> dict[str, Any]:
         try:
             self.flush()
@@ -48,7 +132,7 @@ class ResultsTable:
         if live is not None:
             self.__dict__ = live.__dict__  # the same rows and the same pending writes
         else:
-            self.__init__(state["path"], state["min_interval_s"])
+            self.__init__(state["path"], min_interval_s=state["min_interval_s"])
 
     @contextlib.contextmanager
     def live(self) -> Iterator["ResultsTable"]:
@@ -63,48 +147,210 @@ class ResultsTable:
         finally:
             _LIVE.pop(key, None)  # the owner writes what is pending (and handles a refused write)
 
+    # ------------------------------------------------------------------ what the table knows
+    def trial_ids(self) -> list[str]:
+        """The trials that have rows."""
+        return sorted(self._index)
+
+    def has_rows(self, trial_id: str) -> bool:
+        return trial_id in self._index
+
+    def finished(self, trial_id: str) -> bool:
+        """Whether the trial's last row says it trained to its end."""
+        return self._index.get(trial_id, (0, False))[1]
+
+    def last_epoch(self, trial_id: str) -> int:
+        return self._index.get(trial_id, (0, False))[0]
+
+    def held_trials(self) -> int:
+        """How many trials' rows are in memory now (at most HELD_TRIALS once written)."""
+        return len(self._held)
+
+    def trial_rows(self, trial_id: str) -> list[dict[str, Any]]:
+        """The trial's rows in epoch order (from memory, or read from its part)."""
+        held = self._held.get(trial_id)
+        if held is None:
+            return self._read_part(trial_id)
+        return [held[e] for e in sorted(held)]
+
+    def last_rows(self) -> dict[str, dict[str, Any]]:
+        """Every trial's last row, by trial (the parts streamed a batch at a time: memory stays small)."""
+        import numpy as np
+        import pyarrow.dataset as ds
+
+        self.flush()
+        out: dict[str, dict[str, Any]] = {}
+        parts = [str(p) for p in _parts(self.path)]
+        if not parts:
+            return out
+        for batch in ds.dataset(parts, schema=self.schema, format="parquet").to_batches():
+            tids = batch.column("trial_id").to_pylist()
+            last = np.array([self._index.get(t, (-1, False))[0] for t in tids], dtype=np.int64)
+            keep = batch.column("epoch").to_numpy(zero_copy_only=False) == last
+            for row in batch.filter(pa.array(keep)).to_pylist():
+                out[row["trial_id"]] = row
+        return out
+
+    # ------------------------------------------------------------------ writing
     def add(self, row: dict[str, Any], flush: bool = False) -> None:
         """Insert or replace the row of (row['trial_id'], row['epoch']); write if due."""
-        self.rows[(row["trial_id"], int(row["epoch"]))] = row
-        self._dirty = True
+        tid = row["trial_id"]
+        rows = self._hold(tid)
+        rows[int(row["epoch"])] = row
+        self._changed(tid)
         if flush or time.monotonic() - self._last_write >= self.min_interval_s:
             self.flush()
 
     def replace_trial(self, trial_id: str, rows: list[dict[str, Any]]) -> None:
-        """Make ``rows`` the complete set of rows of ``trial_id`` (reconciliation from a checkpoint)."""
-        for key in [k for k in self.rows if k[0] == trial_id]:
-            del self.rows[key]
-        for row in rows:
-            self.rows[(trial_id, int(row["epoch"]))] = row
-        self._dirty = True
+        """Make ``rows`` the complete set of rows of ``trial_id`` (reconciliation from a checkpoint),
+        and write its part now."""
+        self._held.pop(trial_id, None)
+        self._held[trial_id] = {int(r["epoch"]): r for r in rows}
+        self._changed(trial_id)
         self.flush()
 
-    def trial_rows(self, trial_id: str) -> list[dict[str, Any]]:
-        return [r for (t, _), r in sorted(self.rows.items()) if t == trial_id]
-
     def flush(self) -> None:
-        if not self._dirty:
-            return
-        rows = [self.rows[k] for k in sorted(self.rows)]
+        """Write the part of every trial whose rows changed since its last write."""
         self._last_write = time.monotonic()
+        for tid in sorted(self._dirty):
+            held = self._held[tid]
+            self._write_part(tid, [held[e] for e in sorted(held)])
+            self._dirty.discard(tid)  # only once written: a refused write is tried again at the next flush
+        extra = len(self._held) - HELD_TRIALS
+        if extra > 0:  # the least recently reported trials that are written
+            for tid in [t for t in self._held if t not in self._dirty][:extra]:
+                del self._held[tid]
+
+    def _hold(self, tid: str) -> dict[int, dict[str, Any]]:
+        rows = self._held.pop(tid, None)
+        if rows is None:
+            rows = {int(r["epoch"]): r for r in self._read_part(tid)}
+        self._held[tid] = rows  # last: the most recently reported
+        return rows
+
+    def _changed(self, tid: str) -> None:
+        rows = self._held[tid]
+        self._dirty.add(tid)
+        if rows:
+            last = max(rows)
+            self._index[tid] = (last, bool(rows[last].get("finished")))
+        else:
+            self._index.pop(tid, None)
+
+    def _part(self, tid: str) -> Path:
+        return self.path / f"{quote(tid, safe='')}.parquet"
+
+    def _read_part(self, tid: str) -> list[dict[str, Any]]:
+        path = self._part(tid)
+        if not path.is_file():
+            return []
+        rows = pq.read_table(path).to_pylist()
+        return sorted(rows, key=lambda r: int(r["epoch"]))
+
+    def _write_part(self, tid: str, rows: list[dict[str, Any]]) -> None:
+        path = self._part(tid)
         if not rows:
-            self._dirty = False
+            path.unlink(missing_ok=True)
             return
-        columns: list[str] = [c for c in FIRST_COLUMNS]
-        for r in rows:
-            for k in r:
-                if k not in columns:
-                    columns.append(k)
-        table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
-        # Rows are a valid table at any moment, so the write goes ahead after a Ctrl-C too.
-        with atomic_path(self.path, after_interrupt=True) as tmp:
+        new = [k for r in rows for k in r.keys() - self._names]
+        if new:
+            self._widen(pa.schema([pa.field(k, _infer([r.get(k) for r in rows])) for k in dict.fromkeys(new)]))
+        table = pa.Table.from_arrays([_column(f.name, [r.get(f.name) for r in rows], f.type) for f in self.schema],
+                                     schema=self.schema)
+        # A part is valid at any moment, so the write goes ahead after a Ctrl-C too.
+        with atomic_path(path, after_interrupt=True) as tmp:
             pq.write_table(table, tmp)
-        self._dirty = False  # only once written: a refused write is tried again at the next flush
+
+    def _widen(self, schema: pa.Schema) -> None:
+        """Add ``schema``'s columns that the table lacks (a column it has keeps its type). Parts
+        written before get the new columns too (null), so that every part keeps one schema: this
+        rewrites them, once (the driver gives the whole sweep's schema up front, so it does not)."""
+        old = self.schema
+        fields = list(old) if old is not None else []
+        have = {f.name for f in fields}
+        fields += [f for f in schema if f.name not in have]
+        merged = pa.schema(fields)
+        if old is not None and merged.equals(old):
+            return
+        self.schema, self._names = merged, set(merged.names)
+        for part in (_parts(self.path) if old is not None else []):
+            table = pq.read_table(part)
+            rows = table.to_pylist()
+            widened = pa.Table.from_arrays([_column(f.name, [r.get(f.name) for r in rows], f.type) for f in merged],
+                                           schema=merged)
+            with atomic_path(part, after_interrupt=True) as tmp:
+                pq.write_table(widened, tmp)
+        _write_schema(self.path, merged)
+
+    def _load_index(self) -> None:
+        if _parts(self.path):
+            self._index = trial_index(self.path)
+
+    def _convert_single_file(self) -> None:
+        """A table of an earlier version was one file at ``path``: its rows become parts (in a folder
+        made beside, swapped in by two renames; a stop between them is finished at the next open)."""
+        single = self.path.with_name(f".{self.path.name}.single")
+        if self.path.is_dir() or (not self.path.exists() and not single.is_file()):
+            if single.is_file() and self.path.is_dir():
+                single.unlink()  # the swap was done; only the removal was left
+            return
+        source = self.path if self.path.is_file() else single
+        table = pq.read_table(source)
+        building = self.path.with_name(f".{self.path.name}.parts{os.getpid()}")
+        building.mkdir(parents=True, exist_ok=True)
+        rows = table.to_pylist()
+        by_trial: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_trial.setdefault(r["trial_id"], []).append(r)
+        scratch = ResultsTable.__new__(ResultsTable)
+        scratch.path, scratch.schema, scratch._names = building, None, set()
+        scratch._widen(sweep_schema([]))
+        scratch._widen(table.schema)
+        for tid, trial_rows in by_trial.items():
+            scratch._write_part(tid, sorted(trial_rows, key=lambda r: int(r["epoch"])))
+        if source == self.path:
+            os.replace(self.path, single)
+        os.replace(building, self.path)
+        single.unlink()
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """The sweep's table (a ``trials.parquet`` folder, or a single Parquet file) as one Arrow table,
+    with the schema the folder declares (parts of another shape are read into it)."""
+    import pyarrow.dataset as ds
+
+    p = Path(path)
+    if not p.is_dir():
+        return pq.read_table(p, columns=columns)
+    parts = [str(x) for x in _parts(p)]
+    schema = _read_schema(p)
+    if schema is None and parts:
+        schema = pa.unify_schemas([pq.read_schema(x) for x in parts], promote_options="permissive")
+    if schema is None:
+        return pa.table({})
+    return ds.dataset(parts, schema=schema, format="parquet").to_table(columns=columns)
+
+
+def trial_index(path: str | os.PathLike) -> dict[str, tuple[int, bool]]:
+    """Each trial of a table (folder or file) -> (its last epoch, whether that row says finished),
+    from three columns of the table."""
+    import numpy as np
+
+    keys = read_table(path, columns=["trial_id", "epoch", "finished"])
+    if keys.num_rows == 0:
+        return {}
+    tids = np.asarray(keys["trial_id"].to_pylist(), dtype=object)
+    epochs = keys["epoch"].to_numpy()
+    done = keys["finished"].fill_null(False).to_numpy(zero_copy_only=False)
+    order = np.lexsort((epochs, tids))  # by trial, then epoch: each trial's last row ends its run
+    tids, epochs, done = tids[order], epochs[order], done[order]
+    ends = np.flatnonzero(np.append(tids[1:] != tids[:-1], True))
+    return {str(tids[i]): (int(epochs[i]), bool(done[i])) for i in ends}
 
 
 def read_results(path: str | os.PathLike):
     """The table as a pandas DataFrame."""
-    return pq.read_table(path).to_pandas()
+    return read_table(path).to_pandas()
 
 
 def write_sample_records(path: str | os.PathLike, trial_id: str, arrays: dict[str, Any]) -> Path:

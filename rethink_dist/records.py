@@ -32,6 +32,18 @@ THEORY_KEYS = ("n", "d", "params", "max_abs_error", "min_eigenvalue", "n_train",
                "test_error", "norm")
 # Every key a reported record may carry into the Parquet table.
 RECORD_KEYS = EPOCH_KEYS + PLACEMENT_KEYS + THEORY_KEYS
+# The Parquet type of every column above (docs/results-format.md): each part of trials.parquet is
+# written with one schema for the whole sweep, so that any Parquet reader sees one table.
+COLUMN_TYPES = {
+    "trial_id": "string", "sweep": "string", "run_name": "string", "kind": "string", "epoch": "int64",
+    "finished": "bool", "step": "int64", "steps_to_fit": "int64", "labels_fingerprint": "string", "node": "string",
+    "node_id": "string", "pid": "int64", "world_size": "int64", "n": "int64", "d": "int64", "params": "int64",
+    "n_train": "int64", "n_test": "int64",
+    **{k: "double" for k in ("train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "test_acc",
+                             "test_top5", "best_test_acc", "lr", "images_per_s", "train_seconds", "eval_seconds",
+                             "seconds", "ended_at", "max_abs_error", "min_eigenvalue", "train_error", "test_error",
+                             "norm")},
+}
 # The per-epoch metrics logged to MLflow (step = epoch).
 METRIC_KEYS = tuple(k for k in EPOCH_KEYS if k != "epoch")
 # A trial's summary (MLflow: summary.<key>; `rethink-dist train --json`: "summary").

@@ -10,6 +10,7 @@ and docs/results-format.md.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
@@ -36,6 +37,11 @@ def git_commit() -> str:
     """The commit of the rethink-dist checkout (or RETHINK_GIT_COMMIT), 'unknown' outside git."""
     if os.environ.get("RETHINK_GIT_COMMIT"):
         return os.environ["RETHINK_GIT_COMMIT"]
+    return _checkout_commit()
+
+
+@functools.lru_cache(maxsize=1)
+def _checkout_commit() -> str:  # one git call per process, not one per trial's run
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=10)
@@ -142,6 +148,22 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Non
     return exp.experiment_id
 
 
+def trial_runs(tracking_uri: str, experiment_id: str) -> dict[str, str]:
+    """The experiment's trial runs, trial id -> run id, in one paged search (a sweep's writer asks
+    once, instead of one search per trial: that search's cost grows with the experiment)."""
+    client = _client(tracking_uri)
+    out: dict[str, str] = {}
+    token = None
+    while True:
+        page = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'",
+                      max_results=5000, page_token=token)
+        for run in page:
+            out.setdefault(run.data.tags.get(TRIAL_ID, ""), run.info.run_id)
+        token = page.token
+        if not token:
+            return out
+
+
 def _find_run(client, experiment_id: str, tag: str, value: str):
     runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=2)
     return runs[0] if runs else None
@@ -183,22 +205,32 @@ class TrialRun:
     """The child run of one trial: its params, epochs (exactly once), summary and status."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, trial_id: str, run_name: str,
-                 parent_run_id: str | None = None, sweep: str = "", extra_tags: dict[str, str] | None = None):
+                 parent_run_id: str | None = None, sweep: str = "", extra_tags: dict[str, str] | None = None,
+                 known: dict[str, str] | None = None):
+        """``known``: the experiment's trial runs (:func:`trial_runs`), when the caller has them: this
+        trial's run is looked up there instead of searched for."""
         self.client = _client(tracking_uri)
         self.trial_id = trial_id
         tags = {ROLE: "trial", TRIAL_ID: trial_id, SWEEP: sweep, GIT_COMMIT: git_commit()}
         if parent_run_id:
             tags[PARENT_RUN] = parent_run_id
         tags.update(extra_tags or {})
-        existing = _find_run(self.client, experiment_id, TRIAL_ID, trial_id)
+        if known is not None:
+            existing = known.get(trial_id)
+        else:
+            found = _find_run(self.client, experiment_id, TRIAL_ID, trial_id)
+            existing = found.info.run_id if found is not None else None
         if existing is not None:
-            self.run_id = existing.info.run_id
+            self.run_id = existing
             self.resumed = True
             _retry(self.client.update_run, self.run_id, status="RUNNING")
         else:
             self.run_id = _retry(self.client.create_run, experiment_id, run_name=run_name, tags=tags).info.run_id
             self.resumed = False
-        self._logged_epochs: set[int] | None = None
+            if known is not None:
+                known[trial_id] = self.run_id
+        # A new run has no epochs yet: no need to ask the server for its history.
+        self._logged_epochs: set[int] | None = None if self.resumed else set()
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
 

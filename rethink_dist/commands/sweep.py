@@ -59,13 +59,18 @@ THEORY_COLUMNS = {"expressivity": ("n", "d", "params", "max_abs_error", "min_eig
                   "kernel": ("n_train", "train_error", "test_error", "norm")}  # of records.THEORY_KEYS
 
 
+SUMMARY_LINES = 200  # a larger sweep's summary ends with a line pointing to its table
+
+
 def print_summary(rows: list[dict[str, Any]], stream=sys.stdout) -> None:
     """The final table: accuracies for network trials, the measured quantities for theory trials."""
     if not rows:
         print("no results", file=stream)
         return
+    more = len(rows) - SUMMARY_LINES
+    rows = rows[:SUMMARY_LINES]
     width = max(len(r["run_name"]) for r in rows)
-    nets = [r for r in rows if r.get("kind", "network") == "network"]
+    nets = [r for r in rows if r.get("kind", "network") not in THEORY_COLUMNS]
     if nets:
         print(f"{'trial':<{width}}  epochs  train%  test%  steps_to_fit", file=stream)
         for r in nets:
@@ -78,6 +83,8 @@ def print_summary(rows: list[dict[str, Any]], stream=sys.stdout) -> None:
         if cols:
             values = "  ".join(f"{c}={fmt(r.get(c), pct=False)}" for c in cols)
             print(f"{r['run_name']:<{width}}  {values}", file=stream)
+    if more > 0:
+        print(f"... and {more} more trials (every trial's rows: the sweep's trials.parquet)", file=stream)
 
 
 def run_from_args(path: str, args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 from rethink_dist import stopping
 from rethink_dist.errors import SweepError
 from rethink_dist.files import storage_error, write_json_atomic
-from rethink_dist.parquet import ResultsTable
+from rethink_dist.parquet import ResultsTable, sweep_schema, trial_index
 from rethink_dist.sweep.address import explicit_address, probe_ray_address
 from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import Sweep, TrialSpec
@@ -213,9 +213,10 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
     check_reachable(tracking_uri)  # before anything is written or Ray starts
     place = _place(sweep, storage, results_dir, resume)
     need = _check_space(sweep, place, storage, max_concurrent)
-    opened = _open_sweep(sweep, place, storage, tracking_uri)
+    flats = {s.trial_id: s.flat() for s in sweep.trials}
+    opened = _open_sweep(sweep, place, storage, tracking_uri, flats)
     writer = ResultsWriter(opened["table"], opened["tracking"], sweep.name,
-                           {s.trial_id: s.to_dict() for s in sweep.trials}, {s.trial_id: s.flat() for s in sweep.trials})
+                           {s.trial_id: s.to_dict() for s in sweep.trials}, flats)
     writer.watch = SpaceWatch([place.folder] + ([Path(place.tune_storage)] if "://" not in place.tune_storage else []),
                               reserve=2 * need["largest"] + 2**20)
     job_dir = _connect(sweep, place, opened["lease"], ray_address, num_cpus)
@@ -241,7 +242,8 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
             opened["lease"].release()  # last: after the final writes
             quiet.close()
     table = opened["table"]
-    summary = [rows[-1] for rows in (table.trial_rows(s.trial_id) for s in sweep.trials) if rows]
+    last = table.last_rows()
+    summary = [last[s.trial_id] for s in sweep.trials if s.trial_id in last]
     return {"results_dir": str(place.folder), "parquet": str(table.path), "tracking_uri": tracking_uri,
             "experiment": sweep.name, "experiment_id": opened["tracking"]["experiment_id"], "summary": summary,
             "errors": errors, "unfinished": unfinished, "planned": len(sweep.trials), "storage_full": writer.storage_full}
@@ -312,7 +314,8 @@ def _check_space(sweep: Sweep, place: _Place, storage: str, max_concurrent: int 
     return need
 
 
-def _open_sweep(sweep: Sweep, place: _Place, storage: str, tracking_uri: str) -> dict[str, Any]:
+def _open_sweep(sweep: Sweep, place: _Place, storage: str, tracking_uri: str,
+                flats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The sweep's lease, MLflow experiment and parent run, sweep.json and Parquet table. A sweep
     refused here (another driver holds it, MLflow refuses it) leaves nothing behind."""
     folder = place.folder
@@ -337,8 +340,8 @@ def _open_sweep(sweep: Sweep, place: _Place, storage: str, tracking_uri: str) ->
             write_json_atomic(plan_path, {
                 "sweep": sweep.name, "file": sweep.path, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "tracking_uri": tracking_uri, "storage": place.tune_storage,
-                "trials": [{**s.to_dict(), "flat": s.flat()} for s in sweep.trials]}, indent=1)
-        table = ResultsTable(folder / "trials.parquet")
+                "trials": [{**s.to_dict(), "flat": flats[s.trial_id]} for s in sweep.trials]}, indent=1)
+        table = ResultsTable(folder / "trials.parquet", schema=sweep_schema(flats.values()))
         print(f"sweep {sweep.name!r}: {len(sweep.trials)} trials", file=sys.stderr, flush=True)
     except BaseException:
         lease.release()
@@ -447,29 +450,23 @@ def _tally(grid, todo: list[TrialSpec], writer: ResultsWriter, table: ResultsTab
 
 def _finished_ids(parquet: Path) -> set[str]:
     """The trials whose last row in ``parquet`` says finished (empty when there is no table)."""
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     try:
-        t = pq.read_table(parquet, columns=["trial_id", "epoch", "finished"]).to_pylist()
-    except (OSError, ValueError, KeyError):
+        return {tid for tid, (_, done) in trial_index(parquet).items() if done}
+    except (OSError, ValueError, KeyError, pa.ArrowException):
         return set()
-    last: dict[str, dict[str, Any]] = {}
-    for r in t:
-        if r["trial_id"] not in last or r["epoch"] > last[r["trial_id"]]["epoch"]:
-            last[r["trial_id"]] = r
-    return {tid for tid, r in last.items() if r["finished"]}
 
 
 def _finished(table: ResultsTable, tid: str) -> bool:
-    rows = table.trial_rows(tid)
-    return bool(rows) and bool(rows[-1].get("finished"))
+    return table.finished(tid)
 
 
 def resume_line(sweep: Sweep, table: ResultsTable, tune_dir: str) -> str:
     """What ``--resume`` found, from the project's own records: finished trials, trials that go on
     from a checkpoint, trials not started."""
     done = sum(_finished(table, s.trial_id) for s in sweep.trials)
-    begun = sum(bool(table.trial_rows(s.trial_id)) and not _finished(table, s.trial_id) for s in sweep.trials)
+    begun = sum(table.has_rows(s.trial_id) and not _finished(table, s.trial_id) for s in sweep.trials)
     left = len(sweep.trials) - done - begun
     return (f"resume: {done} of {len(sweep.trials)} trials finished, {begun} go on from their last checkpoint, "
             f"{left} not started yet")

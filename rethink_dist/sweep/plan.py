@@ -26,6 +26,7 @@ from rethink_dist import theory
 from rethink_dist.config import TrialConfig, deferred_checks
 from rethink_dist.errors import ConfigError, SweepError
 from rethink_dist.external import dataset_facts
+from rethink_dist.sweep import synthetic
 
 
 # ------------------------------------------------------------------------------------------
@@ -58,6 +59,8 @@ KINDS: dict[str, TrialKind] = {
     "expressivity": TrialKind("expressivity", theory.validate_expressivity, {"n": 200, "d": 64},
                               theory.run_expressivity),
     "kernel": TrialKind("kernel", theory.validate_kernel, {"max_train": 300}, theory.run_kernel),
+    # reports made-up epochs without training: the sweep machinery's own cost (bench/driver.py)
+    "synthetic": TrialKind("synthetic", synthetic.validate, {"epochs": 3}),
 }
 THEORY_KINDS = tuple(k for k, v in KINDS.items() if v.theory)
 
@@ -92,6 +95,8 @@ class TrialSpec:
 
     def resources(self) -> dict[str, float]:
         """What the trial's own Tune process asks of Ray."""
+        if self.kind == "synthetic":
+            return {"cpu": float(self.config.get("cpus", 1.0))}
         if self.kind != "network":
             # device='cuda' (a kernel solve on a GPU) holds a whole GPU; 'auto' runs where it is placed
             return {"cpu": 1, "gpu": 1} if self.config.get("device") == "cuda" else {"cpu": 1}

@@ -28,7 +28,7 @@ from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, SAMPLE
 from rethink_dist.sweep.plan import KINDS
 from rethink_dist.sweep.space import SpaceWatch
 from rethink_dist.sweep.worker import read_progress
-from rethink_dist.tracking import TrialRun, finish_run
+from rethink_dist.tracking import TrialRun, finish_run, trial_runs
 
 FAULTS_FILE = "faults.jsonl"  # in the results folder: one line per trial process that ended early
 
@@ -47,26 +47,36 @@ class ResultsWriter:
                  specs: dict[str, dict[str, Any]], flats: dict[str, dict[str, Any]]):
         self.table, self.tracking, self.sweep, self.specs, self.flats = table, tracking, sweep, specs, flats
         self.key = str(table.path.resolve()) if table is not None else None
-        self.runs: dict[str, TrialRun] = {}
-        self.last: dict[str, dict[str, Any]] = {}  # each trial's last reported result
+        self.runs: dict[str, TrialRun] = {}  # the open MLflow runs (a closed one is let go)
+        self.known: dict[str, str] | None = None  # the experiment's trial runs (trial id -> run id), asked once
+        self.last: dict[str, dict[str, Any]] = {}  # each trial's last reported result (a closed one: its gist)
         self.closed: set[str] = set()  # trials whose MLflow run has its final status
+        self.reconciled: dict[str, tuple[bool, str]] = {}  # trial -> (finished, status) it was last reconciled with
         self.down_since: float | None = None  # when MLflow stopped answering (None: it answers)
         self.watch: SpaceWatch | None = None  # set by run_sweep for local storage
         self.storage_full: str | None = None  # the line that stopped the sweep for want of space
 
-    # Tune pickles its callbacks with the experiment state and unpickles them on --resume. Unpickled
-    # while this sweep's writer is live, the copy is that writer (one state: its MLflow runs, what
-    # they have logged); otherwise a fresh writer of the same sweep.
+    # Tune pickles its callbacks with the experiment state (every few seconds) and unpickles them on
+    # --resume. Unpickled while this sweep's writer is live, the copy is that writer (one state: its
+    # MLflow runs, what they have logged); otherwise a fresh writer of the same sweep. A sweep's
+    # writer travels without its trials (they are in sweep.json beside the table), so that Tune's
+    # snapshot does not grow with them.
     def __getstate__(self) -> dict[str, Any]:
         self.flush()
-        return {"args": (self.table, self.tracking, self.sweep, self.specs, self.flats), "key": self.key}
+        specs, flats = (None, None) if self.table is not None else (self.specs, self.flats)
+        return {"args": (self.table, self.tracking, self.sweep, specs, flats), "key": self.key}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         live = _LIVE.get(state["key"]) if state["key"] else None
         if live is not None:
             self.__dict__ = live.__dict__
-        else:
-            self.__init__(*state["args"])
+            return
+        table, tracking, sweep, specs, flats = state["args"]
+        if specs is None:
+            plan = json.loads((table.path.parent / "sweep.json").read_text())
+            specs = {t["trial_id"]: {k: t[k] for k in ("trial_id", "kind", "run_name", "config")} for t in plan["trials"]}
+            flats = {t["trial_id"]: t["flat"] for t in plan["trials"]}
+        self.__init__(table, tracking, sweep, specs, flats)
 
     def live(self):
         """While inside, copies of this writer unpickled in this process share its state."""
@@ -91,8 +101,10 @@ class ResultsWriter:
             return None
         if tid not in self.runs:
             t = self.tracking
+            if self.known is None:
+                self.known = trial_runs(t["tracking_uri"], t["experiment_id"])
             run = TrialRun(t["tracking_uri"], t["experiment_id"], tid, self.specs[tid]["run_name"],
-                           t.get("parent_run_id"), t.get("sweep", ""))
+                           t.get("parent_run_id"), t.get("sweep", ""), known=self.known)
             run.log_params(self.flats[tid])
             self.runs[tid] = run
         return self.runs[tid]
@@ -244,6 +256,9 @@ class ResultsWriter:
         its MLflow run every epoch it lacks, and, once, its summary and final status."""
         if tid not in self.specs:
             return
+        if self.reconciled.get(tid) == (finished, status) and (self.tracking is None or tid in self.closed):
+            return  # done already, from the same final checkpoint (its end, then the sweep's tally)
+        self.reconciled[tid] = (finished, status)
         finished = finished and not self.last.get(tid, {}).get("diverged")
         rows = self.table.trial_rows(tid) if self.table is not None else []
         history = _read_history(checkpoint, tid)
@@ -268,6 +283,9 @@ class ResultsWriter:
         meta = read_checkpoint_json(checkpoint, "meta.json") if history is not None else None
         if self._mlflow("closing a trial's run", self._close_run, tid, history, rows, meta, finished, status):
             self.closed.add(tid)
+            self.runs.pop(tid, None)  # closed: its run object is not needed again
+            last = self.last.get(tid) or {}
+            self.last[tid] = {k: last[k] for k in ("epoch", "node_id", "diverged") if k in last}
 
     def _close_run(self, tid: str, history, rows, meta, finished: bool, status: str) -> bool:
         """Give the run every epoch of the checkpoint it lacks, its facts, its summary and status."""

@@ -85,7 +85,7 @@ def estimate(specs: list, max_concurrent: int | None) -> dict[str, int]:
             epochs += TrialConfig.from_dict(s.config).resolved().optim.epochs
         else:
             sizes.append(16 * 1024)
-            epochs += 1
+            epochs += int(s.config.get("epochs", 1)) if s.kind == "synthetic" else 1
     at_once = sorted(sizes, reverse=True)[: max_concurrent or len(sizes)]
     fixed = TRIAL_BYTES * len(specs) + FIXED_BYTES
     return {"least": sum(sizes) + fixed, "checkpoints": CHECKPOINTS_KEPT * sum(sizes) + sum(at_once) + fixed,

@@ -136,6 +136,10 @@ def trainable(config: dict[str, Any]) -> None:
     spec, ctx = config["spec"], config["ctx"]
     if KINDS[spec["kind"]].theory:
         return _theory_trial(spec)
+    if spec["kind"] == "synthetic":
+        from rethink_dist.sweep.synthetic import run_trial
+
+        return run_trial(spec)
     if spec["config"].get("resources", {}).get("ddp_workers"):
         from rethink_dist.sweep.ddp import run_ddp_trial  # torch.distributed: only in data-parallel trials
 

@@ -1,0 +1,219 @@
+"""What the sweep's driver costs per report as the sweep grows: N trials that train nothing.
+
+Each size runs, in a fresh process, a real sweep (``run_sweep``: Ray Tune, the driver's Parquet
+table and MLflow runs, checkpoints, reconciliation) of N trials of the ``synthetic`` kind
+(rethink_dist/sweep/synthetic.py: made-up epochs of the real record keys, one checkpoint per
+report, no torch) of ``--epochs`` epochs each, and prints, as JSON, per size:
+
+- ``cpu_s_per_report``: the driver process's CPU seconds (user + system) over the reports Tune
+  handed it, and ``writer_s_per_report``: the time inside the results writer's per-report callback;
+- ``reports_per_s``: reports over the wall time of Tune's run;
+- ``max_step_s``: the longest turn of Tune's event loop (one event handled, callbacks included:
+  a long turn holds back every other trial's report), and the 99th percentile;
+- ``flush``: the Parquet table's flushes (count, mean, max seconds);
+- ``tune_snapshot``: Tune's experiment-state snapshots (count, mean, max seconds);
+- ``peak_rss_gb``: the driver's peak resident memory;
+- ``rows``, ``epochs_once``: the table's rows, and whether every (trial, epoch) is there exactly once.
+
+``--baseline`` also runs the sizes up to ``--baseline-max`` with the table class of the commit given
+by ``--baseline-commit`` (one Parquet file rewritten whole at every flush), swapped into today's
+driver, side by side. The MLflow store is a SQLite file in the sweep's storage (``--mlflow sqlite``),
+or a real ``mlflow server`` on 127.0.0.1 (``--mlflow server``).
+
+    .venv/bin/python bench/driver.py --sizes 100,1000,10000 --epochs 100 --json OUT.json [--baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from machine import cpu_name  # noqa: E402
+
+BASELINE_COMMIT = "c52df0a"  # the last commit whose trials.parquet was one file rewritten whole
+
+
+def _baseline_table(commit: str):
+    """The ResultsTable of ``commit`` (from git), with the few methods today's driver calls on it."""
+    import types
+
+    source = subprocess.run(["git", "show", f"{commit}:rethink_dist/parquet.py"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType("baseline_parquet")
+    exec(compile(source, f"{commit}:rethink_dist/parquet.py", "exec"), module.__dict__)
+
+    class Baseline(module.ResultsTable):
+        def __init__(self, path, schema=None, min_interval_s=2.0):
+            super().__init__(path, min_interval_s)
+
+        def finished(self, tid):
+            rows = self.trial_rows(tid)
+            return bool(rows) and bool(rows[-1].get("finished"))
+
+        def has_rows(self, tid):
+            return any(t == tid for t, _ in self.rows)
+
+        def last_rows(self):
+            return {t: r for (t, _), r in sorted(self.rows.items())}
+
+    return Baseline
+
+
+def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlflow: str, baseline: str | None,
+          root: Path) -> dict:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from ray.tune.execution.tune_controller import TuneController
+
+    from rethink_dist import parquet
+    from rethink_dist.sweep import driver, results
+    from rethink_dist.sweep.plan import Sweep, spec_from_item
+
+    if baseline:
+        driver.ResultsTable = _baseline_table(baseline)
+    table_cls = driver.ResultsTable
+    steps, flushes, snapshots, writer_s = [], [], [], []
+
+    def timed(cls, name, into):
+        inner = getattr(cls, name)
+
+        def wrapper(self, *a, **kw):
+            t = time.perf_counter()
+            try:
+                return inner(self, *a, **kw)
+            finally:
+                into.append(time.perf_counter() - t)
+
+        setattr(cls, name, wrapper)
+
+    timed(TuneController, "step", steps)
+    timed(TuneController, "save_to_dir", snapshots)
+    timed(table_cls, "flush", flushes)
+    timed(results.ResultsWriter, "on_trial_result", writer_s)
+
+    trials = [spec_from_item({"kind": "synthetic", "params": {"epochs": epochs, "epochs_per_report": per_report,
+                                                               "seed": i, "cpus": 0.05}}, i, "bench") for i in range(n)]
+    sweep = Sweep(f"driver{n}", "bench/driver.py", trials)
+    tracking = f"sqlite:///{root}/mlflow.db" if mlflow == "sqlite" else mlflow
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    out = driver.run_sweep(sweep, storage=str(root / "store"), tracking_uri=tracking,
+                           max_concurrent=max_concurrent, verbose=0)
+    wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    keys = parquet.read_table(out["parquet"], columns=["trial_id", "epoch"]).to_pylist()
+    once = len(keys) == len({(k["trial_id"], k["epoch"]) for k in keys}) == n * epochs
+    reports = len(writer_s)
+    steps.sort()
+
+    def stats(xs):
+        return {"count": len(xs), "mean_s": round(statistics.fmean(xs), 5) if xs else None,
+                "max_s": round(max(xs), 4) if xs else None}
+
+    return {"trials": n, "epochs": epochs, "epochs_per_report": per_report, "table": "baseline" if baseline else "parts",
+            "mlflow": mlflow, "errors": out["errors"], "unfinished": out["unfinished"], "rows": len(keys),
+            "epochs_once": once, "reports": reports, "wall_s": round(wall, 1),
+            "reports_per_s": round(reports / wall, 1), "cpu_s": round(cpu, 1),
+            "cpu_s_per_report": round(cpu / max(reports, 1), 5),
+            "writer_s_per_report": round(sum(writer_s) / max(reports, 1), 5),
+            "max_step_s": round(steps[-1], 3) if steps else None,
+            "p99_step_s": round(steps[int(0.99 * (len(steps) - 1))], 4) if steps else None,
+            "flush": stats(flushes), "tune_snapshot": stats(snapshots),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def _server(root: Path):
+    """A real ``mlflow server`` on 127.0.0.1 (its own SQLite file); returns (process, uri)."""
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    proc = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{root}/server.db",
+                             "--default-artifact-root", str(root / "artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=1)
+            return proc, uri
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("mlflow server did not start in 120 s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100,1000,10000", help="numbers of trials, comma-separated")
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--epochs-per-report", type=int, default=100, help="epochs in one report (each with a checkpoint)")
+    ap.add_argument("--max-concurrent", type=int, default=None, help="Tune's max_concurrent_trials (default 16; each trial asks for 0.05 CPU)")
+    ap.add_argument("--mlflow", default="sqlite", choices=["sqlite", "server"])
+    ap.add_argument("--baseline", action="store_true", help="also run the baseline table, side by side")
+    ap.add_argument("--baseline-max", type=int, default=1000, help="the largest size the baseline runs")
+    ap.add_argument("--baseline-commit", default=BASELINE_COMMIT)
+    ap.add_argument("--json", help="also write the JSON here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(child(**{**spec, "root": Path(spec["root"])})))
+        return
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes: {args.sizes!r} is not a comma-separated list of integers (e.g. 100,1000)") from None
+    for name, v in (("--sizes", min(sizes)), ("--epochs", args.epochs), ("--epochs-per-report", args.epochs_per_report)):
+        if v < 1:
+            print(f"bench/driver.py: {name} must be >= 1, got {v}", file=sys.stderr)
+            raise SystemExit(2)
+    runs = []
+    for n in sizes:
+        for baseline in ([None, args.baseline_commit] if args.baseline and n <= args.baseline_max else [None]):
+            with tempfile.TemporaryDirectory(prefix="rethink-bench-driver-") as d:
+                server, mlflow = None, args.mlflow
+                if args.mlflow == "server":
+                    server, mlflow = _server(Path(d))
+                try:
+                    spec = {"n": n, "epochs": args.epochs, "per_report": args.epochs_per_report,
+                            "max_concurrent": args.max_concurrent or 16, "mlflow": mlflow,
+                            "baseline": baseline, "root": d}
+                    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                                       text=True)
+                finally:
+                    if server is not None:
+                        server.terminate()
+                        server.wait(30)
+                if p.returncode != 0:
+                    raise SystemExit(f"size {n} failed ({p.returncode}):\n{p.stderr[-4000:]}")
+                run = json.loads(p.stdout.strip().splitlines()[-1])
+                run["mlflow"] = args.mlflow
+                runs.append(run)
+                print(json.dumps(run), file=sys.stderr, flush=True)
+    out = {"bench": "driver", "date": time.strftime("%Y-%m-%d"), "machine": {
+        "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "load_avg_1m_at_end": os.getloadavg()[0]}, "runs": runs}
+    text = json.dumps(out, indent=1)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
