@@ -31,7 +31,7 @@ from rethink_dist.sweep.address import explicit_address, probe_ray_address
 from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import Sweep, TrialSpec
 from rethink_dist.sweep.space import SpaceWatch, check_fits, estimate
-from rethink_dist.sweep.results import ResultsWriter, read_checkpoint_json
+from rethink_dist.sweep.results import ResultsWriter, read_checkpoint_json, slimming_callback
 from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
 from rethink_dist.tracking import (check_reachable, default_artifact_location, default_tracking_uri, ensure_experiment,
                                    ensure_parent_run)
@@ -395,7 +395,9 @@ def _tuner(sweep: Sweep, place: _Place, table: ResultsTable, writer: ResultsWrit
         name="tune", storage_path=place.tune_storage,
         failure_config=tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[writer.as_tune_callback(), JsonLoggerCallback(), CSVLoggerCallback()], verbose=verbose,
+        # The writer first; Tune's logs get every report whole; then Tune's own copy is slimmed.
+        callbacks=[writer.as_tune_callback(), JsonLoggerCallback(), CSVLoggerCallback(), slimming_callback()],
+        verbose=verbose,
         progress_reporter=tune.CLIReporter(
             metric_columns={"epoch": "epoch", "train_acc": "train acc", "test_acc": "test acc",
                             "steps_to_fit": "fitted at step", "images_per_s": "img/s"},
@@ -546,7 +548,7 @@ def run_one_trial(spec: TrialSpec, tracking_uri: str | None = None, experiment: 
             run_config=tune.RunConfig(name="train", storage_path=storage, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                      callbacks=[writer.as_tune_callback()]),
+                                      callbacks=[writer.as_tune_callback(), slimming_callback()]),
         )
         result = tuner.fit()[0]
         writer.reconcile(spec.trial_id, result.checkpoint, finished=result.error is None,

@@ -38,6 +38,13 @@ NODE_LOST_WORDS = ("NodeDiedError", "node has died", "node died", "ActorDiedErro
 
 _LIVE: dict[str, "ResultsWriter"] = {}  # the writer of a running sweep, by its key (see live())
 
+# The record keys Tune's live table shows (driver.py's reporter); Tune keeps each trial's last result
+# and its kept checkpoints' results in its experiment state, snapshotted with every trial's: once the
+# writer and Tune's logs have a report, the epochs it carries, the trial's facts and the other
+# record keys are dropped from Tune's copies (slim_tune_state), so that the snapshot stays small.
+TUNE_TABLE_KEYS = ("epoch", "train_acc", "test_acc", "steps_to_fit", "images_per_s")
+_NOT_FOR_TUNE = ("records", "meta") + tuple(k for k in RECORD_KEYS if k not in TUNE_TABLE_KEYS)
+
 
 class ResultsWriter:
     """Driver side: each reported epoch goes into the Parquet table (``table``, if any) and the trial's
@@ -177,7 +184,7 @@ class ResultsWriter:
         self._check_storage()
         # A report carries one epoch or several; a diverged trial's last report, none.
         records = [] if result.get("diverged") else result.get("records") or [result]
-        self.last[tid] = records[-1] if records else result
+        self.last[tid] = dict(records[-1] if records else result)
         if self.table is not None:
             for epoch in records:
                 record = {k: epoch[k] for k in RECORD_KEYS if k in epoch}
@@ -355,6 +362,44 @@ class ResultsWriter:
                 writer.on_experiment_end(trials, **info)
 
         return _Callback()
+
+
+def slim_tune_state(result: dict[str, Any] | None, trial=None) -> None:
+    """Drop from a report (in place: Tune keeps this dict as the trial's last result) what Tune
+    itself does not use, and the same from the results of the trial's kept checkpoints (Tune holds
+    them as its worker sent them). Best effort: the checkpoints' results are Tune's internals."""
+    for k in _NOT_FOR_TUNE:
+        if result is not None:
+            result.pop(k, None)
+    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    try:
+        kept = list(manager.best_checkpoint_results or []) + [manager.latest_checkpoint_result] if manager else []
+        changed = False
+        for r in kept:
+            metrics = getattr(r, "metrics", None)
+            if isinstance(metrics, dict) and "records" in metrics:
+                for k in _NOT_FOR_TUNE:
+                    metrics.pop(k, None)
+                changed = True
+        if changed:
+            trial.run_metadata.invalidate_cache()
+    except Exception:
+        pass
+
+
+def slimming_callback():
+    """A Tune callback, placed after the writer and Tune's loggers, that applies
+    :func:`slim_tune_state` to every report and to a finished trial's checkpoints."""
+    from ray.tune import Callback
+
+    class _Slim(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            slim_tune_state(result, trial)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            slim_tune_state(None, trial)
+
+    return _Slim()
 
 
 def _append_line(path: Path, line: str) -> None:
