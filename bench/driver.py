@@ -7,6 +7,9 @@ report, no torch) of ``--epochs`` epochs each, and prints, as JSON, per size:
 
 - ``cpu_s_per_report``: the driver process's CPU seconds (user + system) over the reports Tune
   handed it, and ``writer_s_per_report``: the time inside the results writer's per-report callback;
+  ``reconcile_s_per_trial``: the writer's work at a trial's end (its rows and run from its checkpoint);
+- ``mlflow``: the MLflow client calls the writer made (count by method), their seconds, the values
+  they carried (metrics, params, tags), values per second, and their share of the writer's time;
 - ``reports_per_s``: reports over the wall time of Tune's run;
 - ``max_step_s``: the longest turn of Tune's event loop (one event handled, callbacks included:
   a long turn holds back every other trial's report), and the 99th percentile;
@@ -98,10 +101,27 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
 
         setattr(cls, name, wrapper)
 
+    # MLflow's client calls the writer makes: how many, how long, how many values they carried
+    from mlflow.tracking import MlflowClient
+
+    mlflow_calls: dict[str, list[float]] = {}
+    values = [0]
+    for name in ("log_batch", "create_run", "set_terminated", "update_run", "search_runs", "get_run",
+                 "get_metric_history"):
+        timed(MlflowClient, name, mlflow_calls.setdefault(name, []))
+    inner_batch = MlflowClient.log_batch
+
+    def counting(self, run_id, metrics=(), params=(), tags=(), *a, **kw):
+        values[0] += len(metrics) + len(params) + len(tags)
+        return inner_batch(self, run_id, metrics, params, tags, *a, **kw)
+
+    MlflowClient.log_batch = counting
     timed(TuneController, "step", steps)
     timed(TuneController, "save_to_dir", snapshots)
     timed(table_cls, "flush", flushes)
     timed(results.ResultsWriter, "on_trial_result", writer_s)
+    reconcile_s: list[float] = []
+    timed(results.ResultsWriter, "reconcile", reconcile_s)
 
     trials = [spec_from_item({"kind": "synthetic", "params": {"epochs": epochs, "epochs_per_report": per_report,
                                                                "seed": i, "cpus": 0.05}}, i, "bench") for i in range(n)]
@@ -132,6 +152,12 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
             "max_step_s": round(steps[-1], 3) if steps else None,
             "p99_step_s": round(steps[int(0.99 * (len(steps) - 1))], 4) if steps else None,
             "flush": stats(flushes), "tune_snapshot": stats(snapshots),
+            "mlflow": {"calls": {k: len(v) for k, v in mlflow_calls.items() if v},
+                       "seconds": round(sum(sum(v) for v in mlflow_calls.values()), 2), "values": values[0],
+                       "values_per_s": round(values[0] / max(sum(sum(v) for v in mlflow_calls.values()), 1e-9)),
+                       "share_of_writer": round(sum(sum(v) for v in mlflow_calls.values())
+                                                / max(sum(writer_s) + sum(reconcile_s), 1e-9), 2)},
+            "reconcile_s_per_trial": round(sum(reconcile_s) / max(n, 1), 5),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
@@ -203,10 +229,11 @@ def main() -> None:
                 if p.returncode != 0:
                     raise SystemExit(f"size {n} failed ({p.returncode}):\n{p.stderr[-4000:]}")
                 run = json.loads(p.stdout.strip().splitlines()[-1])
-                run["mlflow"] = args.mlflow
+                run["mlflow"], run["max_concurrent"] = args.mlflow, spec["max_concurrent"]
                 runs.append(run)
                 print(json.dumps(run), file=sys.stderr, flush=True)
-    out = {"bench": "driver", "date": time.strftime("%Y-%m-%d"), "machine": {
+    out = {"bench": "driver", "command": "bench/driver.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+           "machine": {
         "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
         "load_avg_1m_at_end": os.getloadavg()[0]}, "runs": runs}
     text = json.dumps(out, indent=1)

@@ -356,18 +356,17 @@ def kernel_figure(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kernels = sorted({r["kernel"] for r in rows})
+    series = sorted({(r["kernel"], r["n_train"]) for r in rows}, key=lambda s: (s[0] != "rbf", s))
     cats = [c for c in LABEL_ORDER if any(r["label_set"] == c for r in rows)]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
-    width = 0.8 / max(1, len(kernels))
-    for i, kern in enumerate(kernels):
-        got = {r["label_set"]: r for r in rows if r["kernel"] == kern}
+    width = 0.8 / max(1, len(series))
+    for i, (kern, n) in enumerate(series):
+        got = {r["label_set"]: r for r in rows if (r["kernel"], r["n_train"]) == (kern, n)}
         ref = (got.get("true labels") or {}).get("iterations_to_fit")
-        xs = [j + (i - (len(kernels) - 1) / 2) * width for j in range(len(cats))]
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(cats))]
         rel = [(got[c]["iterations_to_fit"] / ref) if c in got and ref and got[c].get("iterations_to_fit") else 0
                for c in cats]
         err = [100 * got[c]["test_error"] if c in got else 0 for c in cats]
-        n = next(iter(got.values()))["n_train"]
         axes[0].bar(xs, rel, width, label=f"{kern} (n={n:,})")
         axes[1].bar(xs, err, width, label=f"{kern} (n={n:,})")
         axes[2].bar(xs, [got[c]["norm"] if c in got else 0 for c in cats], width, label=f"{kern} (n={n:,})")
@@ -471,10 +470,10 @@ def kernel_section(kdir: Path, figs: Path, fig_rel: str, regenerated: str = "") 
       "max residual | its bound | interpolated | seconds (Gram + solve) | peak memory GiB | run |")
     w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = {c: i for i, c in enumerate(LABEL_ORDER)}
-    rand.sort(key=lambda r: (r["kernel"] != "rbf", r["kernel"], order.get(r["label_set"], 99)))
-    ref = {r["kernel"]: r.get("iterations_to_fit") for r in rand if r["label_set"] == "true labels"}
+    rand.sort(key=lambda r: (r["kernel"] != "rbf", r["kernel"], -r["n_train"], order.get(r["label_set"], 99)))
+    ref = {(r["kernel"], r["n_train"]): r.get("iterations_to_fit") for r in rand if r["label_set"] == "true labels"}
     for r in rand:
-        it, base = r.get("iterations_to_fit"), ref.get(r["kernel"])
+        it, base = r.get("iterations_to_fit"), ref.get((r["kernel"], r["n_train"]))
         w(f"| {r['kernel']} | {r['label_set']} | {r['n_train']:,} | {pct(r['train_error'])} | {pct(r['test_error'])} | "
           f"{r['norm']:.1f} | {num(it)} | {num(it / base if it and base else None, '{:.2f}')} | "
           f"{_residual(r['max_fit_residual'])} | {_residual(r.get('residual_bound'))} | "

@@ -31,7 +31,7 @@ from rethink_dist.sweep.address import explicit_address, probe_ray_address
 from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import Sweep, TrialSpec
 from rethink_dist.sweep.space import SpaceWatch, check_fits, estimate
-from rethink_dist.sweep.results import ResultsWriter, read_checkpoint_json, slimming_callback
+from rethink_dist.sweep.results import TUNE_TABLE, ResultsWriter, read_checkpoint_json, slimming_callback
 from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
 from rethink_dist.tracking import (check_reachable, default_artifact_location, default_tracking_uri, ensure_experiment,
                                    ensure_parent_run)
@@ -399,8 +399,7 @@ def _tuner(sweep: Sweep, place: _Place, table: ResultsTable, writer: ResultsWrit
         callbacks=[writer.as_tune_callback(), JsonLoggerCallback(), CSVLoggerCallback(), slimming_callback()],
         verbose=verbose,
         progress_reporter=tune.CLIReporter(
-            metric_columns={"epoch": "epoch", "train_acc": "train acc", "test_acc": "test acc",
-                            "steps_to_fit": "fitted at step", "images_per_s": "img/s"},
+            metric_columns=TUNE_TABLE,
             parameter_columns={"spec/run_name": "run"}, max_report_frequency=20, print_intermediate_tables=True,
         ),
     )

@@ -38,12 +38,15 @@ NODE_LOST_WORDS = ("NodeDiedError", "node has died", "node died", "ActorDiedErro
 
 _LIVE: dict[str, "ResultsWriter"] = {}  # the writer of a running sweep, by its key (see live())
 
-# The record keys Tune's live table shows (driver.py's reporter); Tune keeps each trial's last result
+# The record keys Tune's live table shows, with their headers (driver.py's reporter); Tune keeps each trial's last result
 # and its kept checkpoints' results in its experiment state, snapshotted with every trial's: once the
 # writer and Tune's logs have a report, the epochs it carries, the trial's facts and the other
-# record keys are dropped from Tune's copies (slim_tune_state), so that the snapshot stays small.
-TUNE_TABLE_KEYS = ("epoch", "train_acc", "test_acc", "steps_to_fit", "images_per_s")
-_NOT_FOR_TUNE = ("records", "meta") + tuple(k for k in RECORD_KEYS if k not in TUNE_TABLE_KEYS)
+# record keys are dropped from Tune's copies (slim_tune_state), so that the snapshot stays small
+# (bench/driver.py measures it; docs/sweeps.md).
+TUNE_TABLE = {"epoch": "epoch", "train_acc": "train acc", "test_acc": "test acc", "steps_to_fit": "fitted at step",
+              "images_per_s": "img/s"}
+# ("config": the copy of the trial's config that Tune adds to every result; Tune keeps the trial's own.)
+_NOT_FOR_TUNE = ("records", "meta", "config") + tuple(k for k in RECORD_KEYS if k not in TUNE_TABLE)
 
 
 class ResultsWriter:
@@ -377,7 +380,7 @@ def slim_tune_state(result: dict[str, Any] | None, trial=None) -> None:
         changed = False
         for r in kept:
             metrics = getattr(r, "metrics", None)
-            if isinstance(metrics, dict) and "records" in metrics:
+            if isinstance(metrics, dict) and any(k in metrics for k in _NOT_FOR_TUNE):
                 for k in _NOT_FOR_TUNE:
                     metrics.pop(k, None)
                 changed = True
