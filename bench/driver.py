@@ -5,12 +5,12 @@ table and MLflow runs, checkpoints, reconciliation) of N trials of the ``synthet
 (rethink_dist/sweep/synthetic.py: made-up epochs of the real record keys, one checkpoint per
 report, no torch) of ``--epochs`` epochs each, and prints, as JSON, per size:
 
-- ``cpu_s_per_report``: the driver process's CPU seconds (user + system) over the reports Tune
-  handed it, and ``writer_s_per_report``: the time inside the results writer's per-report callback;
+- ``cpu_s_per_report``: the driver process's CPU seconds (user + system) from Tune's first step to
+  the sweep's end (its last writes included, Ray's start-up not) over the reports Tune handed it, and ``writer_s_per_report``: the time inside the results writer's per-report callback;
   ``reconcile_s_per_trial``: the writer's work at a trial's end (its rows and run from its checkpoint);
 - ``mlflow``: the MLflow client calls the writer made (count by method), their seconds, the values
   they carried (metrics, params, tags), values per second, and their share of the writer's time;
-- ``reports_per_s``: reports over the wall time of Tune's run;
+- ``reports_per_s``: reports over the wall time from Tune's first step to the sweep's end;
 - ``max_step_s``: the longest turn of Tune's event loop (one event handled, callbacks included:
   a long turn holds back every other trial's report), and the 99th percentile;
 - ``flush``: the Parquet table's flushes (count, mean, max seconds);
@@ -18,12 +18,15 @@ report, no torch) of ``--epochs`` epochs each, and prints, as JSON, per size:
 - ``peak_rss_gb``: the driver's peak resident memory;
 - ``rows``, ``epochs_once``: the table's rows, and whether every (trial, epoch) is there exactly once.
 
-``--baseline`` also runs the sizes up to ``--baseline-max`` with the table class of the commit given
-by ``--baseline-commit`` (one Parquet file rewritten whole at every flush), swapped into today's
-driver, side by side. The MLflow store is a SQLite file in the sweep's storage (``--mlflow sqlite``),
-or a real ``mlflow server`` on 127.0.0.1 (``--mlflow server``).
+``--epochs-per-report`` takes several values (a set of runs each; runs of more than
+``--max-reports`` reports are skipped). ``--baseline`` also runs the sizes up to ``--baseline-max``
+with the table class of the commit given by ``--baseline-commit`` (one Parquet file rewritten whole
+at every flush), swapped into today's driver, side by side. The MLflow store is a SQLite file in the
+sweep's storage; ``--server-sizes`` also runs those sizes against a real ``mlflow server`` on
+127.0.0.1 (its own SQLite file).
 
-    .venv/bin/python bench/driver.py --sizes 100,1000,10000 --epochs 100 --json OUT.json [--baseline]
+    .venv/bin/python bench/driver.py --sizes 100,1000,10000 --epochs 100 --epochs-per-report 100,10 \\
+        --baseline --server-sizes 1000 --json OUT.json
 """
 
 from __future__ import annotations
@@ -117,6 +120,16 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
 
     MlflowClient.log_batch = counting
     timed(TuneController, "step", steps)
+    started: list = []  # the driver's CPU times at Tune's first step: Ray's and the sweep's start-up left out
+    inner_step = TuneController.step
+
+    def first_step(self):
+        if not started:
+            started.append(resource.getrusage(resource.RUSAGE_SELF))
+            started.append(time.perf_counter())
+        return inner_step(self)
+
+    TuneController.step = first_step
     timed(TuneController, "save_to_dir", snapshots)
     timed(table_cls, "flush", flushes)
     timed(results.ResultsWriter, "on_trial_result", writer_s)
@@ -127,10 +140,9 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
                                                                "seed": i, "cpus": 0.05}}, i, "bench") for i in range(n)]
     sweep = Sweep(f"driver{n}", "bench/driver.py", trials)
     tracking = f"sqlite:///{root}/mlflow.db" if mlflow == "sqlite" else mlflow
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
     out = driver.run_sweep(sweep, storage=str(root / "store"), tracking_uri=tracking,
                            max_concurrent=max_concurrent, verbose=0)
+    cpu0, t0 = started
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
@@ -152,7 +164,7 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
             "max_step_s": round(steps[-1], 3) if steps else None,
             "p99_step_s": round(steps[int(0.99 * (len(steps) - 1))], 4) if steps else None,
             "flush": stats(flushes), "tune_snapshot": stats(snapshots),
-            "mlflow": {"calls": {k: len(v) for k, v in mlflow_calls.items() if v},
+            "mlflow_calls": {"calls": {k: len(v) for k, v in mlflow_calls.items() if v},
                        "seconds": round(sum(sum(v) for v in mlflow_calls.values()), 2), "values": values[0],
                        "values_per_s": round(values[0] / max(sum(sum(v) for v in mlflow_calls.values()), 1e-9)),
                        "share_of_writer": round(sum(sum(v) for v in mlflow_calls.values())
@@ -184,13 +196,50 @@ def _server(root: Path):
     raise SystemExit("mlflow server did not start in 120 s")
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        print(f"bench/driver.py: {flag} {text!r} must be positive integers separated by commas (e.g. 100,1000)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return values
+
+
+def _plan(args) -> list[dict]:
+    """The runs: every size x epochs-per-report with at most --max-reports reports; the baseline table
+    beside the new one up to --baseline-max trials; an MLflow server at --server-sizes."""
+    sizes, per_reports = _ints(args.sizes, "--sizes"), _ints(args.epochs_per_report, "--epochs-per-report")
+    server_sizes = _ints(args.server_sizes, "--server-sizes") if args.server_sizes else []
+    if args.epochs < 1:
+        print(f"bench/driver.py: --epochs must be >= 1, got {args.epochs}", file=sys.stderr)
+        raise SystemExit(2)
+    plan = []
+    for per in per_reports:
+        for n in sizes:
+            if n * -(-args.epochs // per) > args.max_reports:
+                print(f"bench/driver.py: skipping {n} trials x {args.epochs} epochs at {per} per report: more than "
+                      f"--max-reports {args.max_reports}", file=sys.stderr)
+                continue
+            for mlflow in ["sqlite"] + (["server"] if n in server_sizes and per == per_reports[0] else []):
+                tables = [None, args.baseline_commit] if args.baseline and n <= args.baseline_max and mlflow == "sqlite" \
+                    else [None]
+                plan += [{"n": n, "per_report": per, "mlflow": mlflow, "baseline": b} for b in tables]
+    return plan
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100,1000,10000", help="numbers of trials, comma-separated")
     ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--epochs-per-report", type=int, default=100, help="epochs in one report (each with a checkpoint)")
-    ap.add_argument("--max-concurrent", type=int, default=None, help="Tune's max_concurrent_trials (default 16; each trial asks for 0.05 CPU)")
-    ap.add_argument("--mlflow", default="sqlite", choices=["sqlite", "server"])
+    ap.add_argument("--epochs-per-report", default="100",
+                    help="epochs in one report (each with a checkpoint), comma-separated: each is a set of runs")
+    ap.add_argument("--max-reports", type=int, default=20000, help="skip the runs that would make more reports")
+    ap.add_argument("--max-concurrent", type=int, default=8, help="Tune's max_concurrent_trials (each trial asks "
+                    "for 0.05 CPU)")
+    ap.add_argument("--server-sizes", default="", help="sizes also run against a real mlflow server on 127.0.0.1")
     ap.add_argument("--baseline", action="store_true", help="also run the baseline table, side by side")
     ap.add_argument("--baseline-max", type=int, default=1000, help="the largest size the baseline runs")
     ap.add_argument("--baseline-commit", default=BASELINE_COMMIT)
@@ -201,41 +250,30 @@ def main() -> None:
         spec = json.loads(args.child)
         print(json.dumps(child(**{**spec, "root": Path(spec["root"])})))
         return
-    try:
-        sizes = [int(x) for x in args.sizes.split(",")]
-    except ValueError:
-        raise SystemExit(f"--sizes: {args.sizes!r} is not a comma-separated list of integers (e.g. 100,1000)") from None
-    for name, v in (("--sizes", min(sizes)), ("--epochs", args.epochs), ("--epochs-per-report", args.epochs_per_report)):
-        if v < 1:
-            print(f"bench/driver.py: {name} must be >= 1, got {v}", file=sys.stderr)
-            raise SystemExit(2)
     runs = []
-    for n in sizes:
-        for baseline in ([None, args.baseline_commit] if args.baseline and n <= args.baseline_max else [None]):
-            with tempfile.TemporaryDirectory(prefix="rethink-bench-driver-") as d:
-                server, mlflow = None, args.mlflow
-                if args.mlflow == "server":
-                    server, mlflow = _server(Path(d))
-                try:
-                    spec = {"n": n, "epochs": args.epochs, "per_report": args.epochs_per_report,
-                            "max_concurrent": args.max_concurrent or 16, "mlflow": mlflow,
-                            "baseline": baseline, "root": d}
-                    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                       text=True)
-                finally:
-                    if server is not None:
-                        server.terminate()
-                        server.wait(30)
-                if p.returncode != 0:
-                    raise SystemExit(f"size {n} failed ({p.returncode}):\n{p.stderr[-4000:]}")
-                run = json.loads(p.stdout.strip().splitlines()[-1])
-                run["mlflow"], run["max_concurrent"] = args.mlflow, spec["max_concurrent"]
-                runs.append(run)
-                print(json.dumps(run), file=sys.stderr, flush=True)
+    for item in _plan(args):
+        with tempfile.TemporaryDirectory(prefix="rethink-bench-driver-") as d:
+            server, mlflow = None, item["mlflow"]
+            if mlflow == "server":
+                server, mlflow = _server(Path(d))
+            try:
+                spec = {"n": item["n"], "epochs": args.epochs, "per_report": item["per_report"],
+                        "max_concurrent": args.max_concurrent, "mlflow": mlflow, "baseline": item["baseline"], "root": d}
+                p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                                   text=True)
+            finally:
+                if server is not None:
+                    server.terminate()
+                    server.wait(30)
+            if p.returncode != 0:
+                raise SystemExit(f"{item} failed ({p.returncode}):\n{p.stderr[-4000:]}")
+            run = json.loads(p.stdout.strip().splitlines()[-1])
+            run["mlflow"], run["max_concurrent"] = item["mlflow"], args.max_concurrent
+            runs.append(run)
+            print(json.dumps(run), file=sys.stderr, flush=True)
     out = {"bench": "driver", "command": "bench/driver.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-           "machine": {
-        "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-        "load_avg_1m_at_end": os.getloadavg()[0]}, "runs": runs}
+           "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                       "load_avg_1m_at_end": os.getloadavg()[0]}, "runs": runs}
     text = json.dumps(out, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")

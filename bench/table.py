@@ -228,23 +228,30 @@ def elastic_block(doc: dict[str, Any]) -> str:
 def driver_block(doc: dict[str, Any]) -> str:
     """bench/driver.py's JSON: one row per sweep size (and table), with the command, date and machine."""
     rows = [DRIVER_BEGIN, "",
-            "| table | trials | epochs per report | reports | rows | reports/s | driver CPU ms per report "
+            "| table | MLflow | trials | epochs per report | reports | rows | reports/s | driver CPU ms per report "
             "| writer ms per report | longest loop turn s (p99) | Parquet flush ms: mean / max "
             "| Tune snapshot ms: mean / max (count) | driver peak GB | every epoch once |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in doc["runs"]:
         f, s = r["flush"], r["tune_snapshot"]
         rows.append(
-            f"| {'one file, rewritten whole' if r['table'] == 'baseline' else 'a part per trial'} | {_n(r['trials'])} "
+            f"| {'one file, rewritten whole' if r['table'] == 'baseline' else 'a part per trial'} | {r['mlflow']} "
+            f"| {_n(r['trials'])} "
             f"| {r['epochs_per_report']} | {_n(r['reports'])} | {_n(r['rows'])} | {r['reports_per_s']:.1f} "
             f"| {1e3 * r['cpu_s_per_report']:.1f} | {1e3 * r['writer_s_per_report']:.1f} "
             f"| {r['max_step_s']:.2f} ({r['p99_step_s']:.2f}) | {1e3 * f['mean_s']:.1f} / {1e3 * f['max_s']:.0f} "
             f"| {1e3 * s['mean_s']:.0f} / {1e3 * s['max_s']:.0f} ({s['count']}) | {r['peak_rss_gb']:.2f} "
             f"| {'yes' if r['epochs_once'] else '**no**'} |")
     m = doc["machine"]
-    rows += ["", f"`.venv/bin/python {doc['command']}` on {doc['date']}, {m['cpu']}, {m['cores']} cores, MLflow: "
-             f"{doc['runs'][0]['mlflow']}, {doc['runs'][0]['max_concurrent']} trials at once "
-             f"(load average at the end {m['load_avg_1m_at_end']:.1f}).", "", DRIVER_END]
+    rows += ["", "MLflow's part (the writer's calls to the store): "
+             + "; ".join(f"{_n(r['trials'])} trials, {r['epochs_per_report']} epochs per report, {r['mlflow']}"
+                         f"{' (baseline table)' if r['table'] == 'baseline' else ''}: {_n(r['mlflow_calls']['values'])} "
+                         f"values in {r['mlflow_calls']['seconds']:.0f} s ({_n(r['mlflow_calls']['values_per_s'])} "
+                         f"values/s), {r['mlflow_calls']['share_of_writer']:.0%} of the writer's time"
+                         for r in doc["runs"]) + ".",
+             "", f"`.venv/bin/python {doc['command']}` on {doc['date']}, {m['cpu']}, {m['cores']} cores, "
+             f"{doc['runs'][0]['max_concurrent']} trials at once (load average at the end "
+             f"{m['load_avg_1m_at_end']:.1f}).", "", DRIVER_END]
     return "\n".join(rows)
 
 
