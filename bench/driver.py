@@ -247,8 +247,8 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        spec = json.loads(args.child)
-        print(json.dumps(child(**{**spec, "root": Path(spec["root"])})))
+        spec = json.loads(args.child)  # the result goes to a file: Ray's workers print to this stdout
+        (Path(spec["root"]) / "run.json").write_text(json.dumps(child(**{**spec, "root": Path(spec["root"])})))
         return
     runs = []
     for item in _plan(args):
@@ -265,9 +265,9 @@ def main() -> None:
                 if server is not None:
                     server.terminate()
                     server.wait(30)
-            if p.returncode != 0:
+            if p.returncode != 0 or not (Path(d) / "run.json").is_file():
                 raise SystemExit(f"{item} failed ({p.returncode}):\n{p.stderr[-4000:]}")
-            run = json.loads(p.stdout.strip().splitlines()[-1])
+            run = json.loads((Path(d) / "run.json").read_text())
             run["mlflow"], run["max_concurrent"] = item["mlflow"], args.max_concurrent
             runs.append(run)
             print(json.dumps(run), file=sys.stderr, flush=True)

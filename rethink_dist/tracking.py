@@ -229,8 +229,9 @@ class TrialRun:
             self.resumed = False
             if known is not None:
                 known[trial_id] = self.run_id
-        # A new run has no epochs yet: no need to ask the server for its history.
+        # A new run has no epochs or params yet: no need to ask the server for them.
         self._logged_epochs: set[int] | None = None if self.resumed else set()
+        self._logged_params: dict[str, str] | None = None if self.resumed else {}
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
 
@@ -241,15 +242,20 @@ class TrialRun:
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log the params the run lacks (params are immutable in MLflow: a resumed trial has the same
-        config, and a changed value would be an error we want to hear about)."""
-        have = _retry(self.client.get_run, self.run_id).data.params if self.resumed else {}
-        log_params(self.client, self.run_id, {k: v for k, v in params.items() if k not in have})
-        self.resumed = True  # from now on the run has params: log only what it lacks
+        config, and a changed value would be an error we want to hear about). What the run has is
+        asked of the store once (a resumed run), then kept here."""
+        if self._logged_params is None:
+            self._logged_params = dict(_retry(self.client.get_run, self.run_id).data.params)
+        new = {k: v for k, v in params.items() if k not in self._logged_params}
+        if new:
+            log_params(self.client, self.run_id, new)
+            self._logged_params.update({k: _param_str(v) for k, v in new.items()})
 
     def log_meta(self, meta: dict[str, Any]) -> None:
         """The trial's facts (parameter count, device, data fingerprint, ...) as ``meta.*`` params."""
+        had = dict(self._logged_params or {})
         self.log_params({f"meta.{k}": v for k, v in meta.items()})
-        if "dataset_fingerprint" in meta:
+        if "dataset_fingerprint" in meta and "meta.dataset_fingerprint" not in had:
             self.set_tags({DATASET_FINGERPRINT: meta["dataset_fingerprint"]})
 
     def logged_epochs(self) -> set[int]:

@@ -340,3 +340,20 @@ def test_first_fit_figure_from_per_sample_records(tmp_path):
     (folder / "samples" / "t05.parquet").unlink()
     again = build_report(load_folder(folder), tmp_path / "again")
     assert next(f for f in again.figures if f.id == "first-fit-cifar10").missing.startswith("needs trials run with")
+
+
+def test_the_folder_of_parts_reads_as_the_one_file_did(tmp_path):
+    """A sweep's trials.parquet is a folder of per-trial parts; an earlier version's one file becomes
+    one when a driver opens it: the report reads the same rows either way, from the sweep folder or
+    from the table itself."""
+    from rethink_dist.parquet import ResultsTable
+
+    one_file = load_folder(write_handmade(tmp_path / "a" / SWEEP))
+    folder = write_handmade(tmp_path / "b" / SWEEP)
+    ResultsTable(folder / "trials.parquet")  # the conversion a driver's --resume makes
+    assert (folder / "trials.parquet").is_dir() and len(list((folder / "trials.parquet").glob("t*.parquet"))) > 1
+    for parts in (load_folder(folder), load_folder(folder / "trials.parquet")):
+        cols = ["trial_id", "epoch", "train_acc", "test_acc", "model.name"]
+        a = one_file.rows[cols].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+        b = parts.rows[cols].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b)

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from rethink_dist.errors import ReportError
+from rethink_dist.parquet import read_results
 from rethink_dist.records import METRIC_KEYS, ROLE, SAMPLES_DIR, TRIAL_ID
 from rethink_dist.report.paper import arch_label
 
@@ -91,9 +92,10 @@ def _num(v: Any) -> float | None:
 
 # ---------------------------------------------------------------------------------------- folder
 def load_folder(path: str | Path) -> Results:
-    """Read ``<storage>/<sweep>/`` (trials.parquet and sweep.json), or a trials.parquet file."""
+    """Read ``<storage>/<sweep>/`` (trials.parquet and sweep.json), or a trials.parquet (the folder of
+    parts a sweep writes, or one Parquet file)."""
     p = Path(path)
-    if p.is_file() and p.suffix == ".parquet":
+    if p.suffix == ".parquet" and p.exists():
         folder, parquet = p.parent, p
     elif p.is_dir():
         folder, parquet = p, p / "trials.parquet"
@@ -114,7 +116,7 @@ def load_folder(path: str | Path) -> Results:
             raise ReportError(f"cannot read {plan_file}: {e}") from None
     if parquet.exists():
         try:
-            rows = pd.read_parquet(parquet)
+            rows = read_results(parquet)
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise ReportError(f"cannot read {parquet}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     else:
