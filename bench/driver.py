@@ -14,7 +14,8 @@ report, no torch) of ``--epochs`` epochs each, and prints, as JSON, per size:
 - ``max_step_s``: the longest turn of Tune's event loop (one event handled, callbacks included:
   a long turn holds back every other trial's report), and the 99th percentile;
 - ``flush``: the Parquet table's flushes (count, mean, max seconds);
-- ``tune_snapshot``: Tune's experiment-state snapshots (count, mean, max seconds);
+- ``tune_snapshot``: Tune's experiment-state snapshots (count, mean, max seconds), and
+  ``tune_state_kb_per_trial``: the last snapshot's size over the trials;
 - ``peak_rss_gb``: the driver's peak resident memory;
 - ``rows``, ``epochs_once``: the table's rows, and whether every (trial, epoch) is there exactly once.
 
@@ -48,6 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from machine import cpu_name  # noqa: E402
+
+from rethink_dist.files import write_json_atomic  # noqa: E402
 
 BASELINE_COMMIT = "c52df0a"  # the last commit whose trials.parquet was one file rewritten whole
 
@@ -147,6 +150,8 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     keys = parquet.read_table(out["parquet"], columns=["trial_id", "epoch"]).to_pylist()
+    states = sorted((root / "store" / sweep.name / "tune").glob("experiment_state-*.json"))
+    state_kb = states[-1].stat().st_size / 1024 / n if states else None
     once = len(keys) == len({(k["trial_id"], k["epoch"]) for k in keys}) == n * epochs
     reports = len(writer_s)
     steps.sort()
@@ -170,6 +175,7 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
                        "share_of_writer": round(sum(sum(v) for v in mlflow_calls.values())
                                                 / max(sum(writer_s) + sum(reconcile_s), 1e-9), 2)},
             "reconcile_s_per_trial": round(sum(reconcile_s) / max(n, 1), 5),
+            "tune_state_kb_per_trial": round(state_kb, 1) if state_kb else None,
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
@@ -250,7 +256,14 @@ def main() -> None:
         spec = json.loads(args.child)  # the result goes to a file: Ray's workers print to this stdout
         (Path(spec["root"]) / "run.json").write_text(json.dumps(child(**{**spec, "root": Path(spec["root"])})))
         return
-    runs = []
+    runs: list[dict] = []
+
+    def document() -> dict:
+        return {"bench": "driver", "command": "bench/driver.py " + " ".join(sys.argv[1:]),
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                            "load_avg_1m_at_end": os.getloadavg()[0]}, "runs": runs}
+
     for item in _plan(args):
         with tempfile.TemporaryDirectory(prefix="rethink-bench-driver-") as d:
             server, mlflow = None, item["mlflow"]
@@ -271,13 +284,9 @@ def main() -> None:
             run["mlflow"], run["max_concurrent"] = item["mlflow"], args.max_concurrent
             runs.append(run)
             print(json.dumps(run), file=sys.stderr, flush=True)
-    out = {"bench": "driver", "command": "bench/driver.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-           "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-                       "load_avg_1m_at_end": os.getloadavg()[0]}, "runs": runs}
-    text = json.dumps(out, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+            if args.json:  # after every run: a long bench stopped part-way keeps what it measured
+                write_json_atomic(args.json, document(), indent=1)
+    print(json.dumps(document(), indent=1))
 
 
 if __name__ == "__main__":

@@ -225,13 +225,17 @@ def elastic_block(doc: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def num_or_dash(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1f}"
+
+
 def driver_block(doc: dict[str, Any]) -> str:
     """bench/driver.py's JSON: one row per sweep size (and table), with the command, date and machine."""
     rows = [DRIVER_BEGIN, "",
             "| table | MLflow | trials | epochs per report | reports | rows | reports/s | driver CPU ms per report "
             "| writer ms per report | longest loop turn s (p99) | Parquet flush ms: mean / max "
-            "| Tune snapshot ms: mean / max (count) | driver peak GB | every epoch once |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "| Tune snapshot ms: mean / max (count) | Tune snapshot KB per trial | driver peak GB | every epoch once |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in doc["runs"]:
         f, s = r["flush"], r["tune_snapshot"]
         rows.append(
@@ -240,7 +244,8 @@ def driver_block(doc: dict[str, Any]) -> str:
             f"| {r['epochs_per_report']} | {_n(r['reports'])} | {_n(r['rows'])} | {r['reports_per_s']:.1f} "
             f"| {1e3 * r['cpu_s_per_report']:.1f} | {1e3 * r['writer_s_per_report']:.1f} "
             f"| {r['max_step_s']:.2f} ({r['p99_step_s']:.2f}) | {1e3 * f['mean_s']:.1f} / {1e3 * f['max_s']:.0f} "
-            f"| {1e3 * s['mean_s']:.0f} / {1e3 * s['max_s']:.0f} ({s['count']}) | {r['peak_rss_gb']:.2f} "
+            f"| {1e3 * s['mean_s']:.0f} / {1e3 * s['max_s']:.0f} ({s['count']}) "
+            f"| {num_or_dash(r.get('tune_state_kb_per_trial'))} | {r['peak_rss_gb']:.2f} "
             f"| {'yes' if r['epochs_once'] else '**no**'} |")
     m = doc["machine"]
     rows += ["", "MLflow's part (the writer's calls to the store): "
