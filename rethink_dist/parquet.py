@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -107,10 +108,13 @@ class ResultsTable:
         self._index: dict[str, tuple[int, bool]] = {}  # every trial with rows -> (last epoch, finished)
         self._last_write = 0.0
         self._convert_single_file()
-        self.path.mkdir(parents=True, exist_ok=True)
+        # The folder appears with its first part (see _write_part): a reader of a sweep that has not
+        # reported yet finds no table, as before, rather than an empty one without columns.
         for tmp in self.path.glob(".*.tmp*"):  # a write cut short by a killed driver (one driver: the lease)
             if not tmp.name.endswith(f".tmp{os.getpid()}"):
                 tmp.unlink(missing_ok=True)
+        for old in self.path.parent.glob(f".{self.path.name}.new*"):  # a first write cut short
+            shutil.rmtree(old, ignore_errors=True)
         self.schema = _read_schema(self.path)
         self._names = set(self.schema.names) if self.schema is not None else set()
         if schema is not None:
@@ -257,6 +261,16 @@ class ResultsTable:
             self._widen(pa.schema([pa.field(k, _infer([r.get(k) for r in rows])) for k in dict.fromkeys(new)]))
         table = pa.Table.from_arrays([_column(f.name, [r.get(f.name) for r in rows], f.type) for f in self.schema],
                                      schema=self.schema)
+        if not self.path.is_dir():  # the first part: the folder is made beside, with it and the schema, then renamed
+            first = self.path.with_name(f".{self.path.name}.new{os.getpid()}")
+            first.mkdir(parents=True, exist_ok=True)
+            try:
+                pq.write_table(table, first / path.name)
+                pq.write_metadata(self.schema, first / SCHEMA_FILE)
+                os.replace(first, self.path)
+            finally:
+                shutil.rmtree(first, ignore_errors=True)
+            return
         # A part is valid at any moment, so the write goes ahead after a Ctrl-C too.
         with atomic_path(path, after_interrupt=True) as tmp:
             pq.write_table(table, tmp)
@@ -273,6 +287,8 @@ class ResultsTable:
         if old is not None and merged.equals(old):
             return
         self.schema, self._names = merged, set(merged.names)
+        if not self.path.is_dir():
+            return  # nothing written yet: the first part brings the schema
         for part in (_parts(self.path) if old is not None else []):
             table = pq.read_table(part)
             rows = table.to_pylist()
@@ -283,7 +299,7 @@ class ResultsTable:
         _write_schema(self.path, merged)
 
     def _load_index(self) -> None:
-        if _parts(self.path):
+        if self.path.is_dir() and _parts(self.path):
             self._index = trial_index(self.path)
 
     def _convert_single_file(self) -> None:

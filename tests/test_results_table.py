@@ -85,17 +85,16 @@ def test_memory_holds_a_bounded_number_of_trials(tmp_path):
 
 
 REFUSED = """
-import resource, signal, sys
+import os, resource, signal, sys
 from rethink_dist.parquet import ResultsTable
 sys.path.insert(0, {tests!r})
 from test_results_table import row
-t = ResultsTable({path!r}, min_interval_s=3600)
-for e in range(2, 400):
-    t.add(row("t0000-aa", e, run_name="x" * 200))
+t = ResultsTable({path!r})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the part being written grows past it
+limit = os.path.getsize({part!r}) + 1024  # the new part, 399 rows, grows past it
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 try:
-    t.flush()
+    t.replace_trial("t0000-aa", [row("t0000-aa", e, run_name=str(e) * 50) for e in range(1, 400)])
 except OSError as e:
     print("refused", e.errno)
 """
@@ -105,7 +104,7 @@ def test_a_refused_write_leaves_the_part_before_it(tmp_path):
     path = tmp_path / "trials.parquet"
     t = ResultsTable(path, schema=sweep_schema(FLATS))
     t.add(row("t0000-aa", 1), flush=True)
-    code = REFUSED.format(tests=str(REPO / "tests"), path=str(path))
+    code = REFUSED.format(tests=str(REPO / "tests"), path=str(path), part=str(path / "t0000-aa.parquet"))
     p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0 and "refused 27" in p.stdout, p.stdout + p.stderr  # EFBIG
