@@ -45,8 +45,9 @@ _LIVE: dict[str, "ResultsWriter"] = {}  # the writer of a running sweep, by its 
 # (bench/driver.py measures it; docs/sweeps.md).
 TUNE_TABLE = {"epoch": "epoch", "train_acc": "train acc", "test_acc": "test acc", "steps_to_fit": "fitted at step",
               "images_per_s": "img/s"}
-# ("config": the copy of the trial's config that Tune adds to every result; Tune keeps the trial's own.)
-_NOT_FOR_TUNE = ("records", "meta", "config") + tuple(k for k in RECORD_KEYS if k not in TUNE_TABLE)
+# (The copy of the trial's config that Tune adds to every result stays: Tune's result grid takes a
+# trial's config from its last result.)
+_NOT_FOR_TUNE = ("records", "meta") + tuple(k for k in RECORD_KEYS if k not in TUNE_TABLE)
 
 
 class ResultsWriter:
