@@ -178,21 +178,22 @@ class ResultsTable:
         return [held[e] for e in sorted(held)]
 
     def last_rows(self) -> dict[str, dict[str, Any]]:
-        """Every trial's last row, by trial (the parts streamed a batch at a time: memory stays small)."""
+        """Every trial's last row, by trial: the written parts streamed a batch at a time (memory stays
+        small), the rows held in memory over them (nothing is written: the storage may be refusing)."""
         import numpy as np
         import pyarrow.dataset as ds
 
-        self.flush()
         out: dict[str, dict[str, Any]] = {}
-        parts = [str(p) for p in _parts(self.path)]
-        if not parts:
-            return out
-        for batch in ds.dataset(parts, schema=self.schema, format="parquet").to_batches():
+        parts = [str(p) for p in _parts(self.path)] if self.path.is_dir() else []
+        for batch in [] if not parts else ds.dataset(parts, schema=self.schema, format="parquet").to_batches():
             tids = batch.column("trial_id").to_pylist()
             last = np.array([self._index.get(t, (-1, False))[0] for t in tids], dtype=np.int64)
             keep = batch.column("epoch").to_numpy(zero_copy_only=False) == last
             for row in batch.filter(pa.array(keep)).to_pylist():
                 out[row["trial_id"]] = row
+        for tid, held in self._held.items():
+            if held:
+                out[tid] = held[max(held)]
         return out
 
     # ------------------------------------------------------------------ writing
