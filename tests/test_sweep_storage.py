@@ -10,6 +10,7 @@ turned read-only mid-run, and a file-size limit (RLIMIT_FSIZE).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import shutil
@@ -66,6 +67,45 @@ def _fill(point: Path, leave_bytes: int) -> Path:
             except OSError:  # the sweep took some of it between the two calls
                 time.sleep(0.05)
     raise AssertionError(f"could not fill {point}")
+
+
+def _mount_read_only_over(point: Path) -> None:
+    """Put a read-only bind mount of ``point`` over it, in one step, while the sweep writes there.
+
+    A tmpfs with files open for writing cannot be remounted read-only itself, and neither can a bind
+    mount once a writer has opened a file through it: ``mount --bind`` then ``mount -o
+    remount,bind,ro`` fails with EBUSY when the sweep opens a file between the two. So the bind
+    mount is made read-only while it is still detached, where nothing can have opened a file
+    (open_tree, mount_setattr), and then moved over the folder (move_mount); new files there are
+    refused (EROFS) from that moment on.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    open_tree, move_mount, mount_setattr = 428, 429, 442  # the same numbers on every architecture
+    at_fdcwd, at_empty_path, at_recursive = -100, 0x1000, 0x8000
+    open_tree_clone, move_mount_f_empty_path, mount_attr_rdonly = 1, 0x4, 0x1
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+    def check(ret: int, what: str) -> int:
+        if ret < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what} {point}: {os.strerror(err)}")
+        return ret
+
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+    fd = check(syscall(ctypes.c_long(open_tree), ctypes.c_int(at_fdcwd), str(point).encode(),
+                       ctypes.c_uint(open_tree_clone | os.O_CLOEXEC | at_recursive)), "open_tree")
+    try:
+        attr = MountAttr(attr_set=mount_attr_rdonly)
+        check(syscall(ctypes.c_long(mount_setattr), ctypes.c_int(fd), b"", ctypes.c_uint(at_empty_path),
+                      ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr")
+        check(syscall(ctypes.c_long(move_mount), ctypes.c_int(fd), b"", ctypes.c_int(at_fdcwd), str(point).encode(),
+                      ctypes.c_uint(move_mount_f_empty_path)), "move_mount")
+    finally:
+        os.close(fd)
 
 
 def _rows(parquet: Path) -> int:
@@ -143,10 +183,8 @@ def test_a_storage_that_refuses_writes_mid_sweep_stops_it_and_resume_finishes(tm
         wait_for(lambda: _rows(parquet) >= 3, 300, "the first epochs in Parquet")
         if how == "full":
             filler = _fill(point, 256 * 1024)
-        else:  # a read-only bind mount over it: new files are refused (EROFS); a tmpfs with open
-            # files cannot be remounted read-only itself
-            subprocess.run(["mount", "--bind", str(point), str(point)], check=True)
-            subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], check=True)
+        else:  # a read-only bind mount over it: new files are refused (EROFS)
+            _mount_read_only_over(point)
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
