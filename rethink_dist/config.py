@@ -62,6 +62,10 @@ class DataConfig:
     image_size: int | None = None  # input side after cropping; None: the dataset's crop (rethink_dist.defaults)
     max_train: int | None = None  # use only the first N training samples (None: all)
     channels: int | None = None  # model input channels (a gray channel repeated); None: rethink_dist.defaults
+    # Train on a seeded random fraction of the training set (corruption.subset_indices); evaluation,
+    # corruption and the per-sample records keep covering every training sample. None: all of it.
+    subset: float | None = None
+    subset_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,8 @@ class TrialConfig:
         """A short stable hash of what determines the results (the resolved config without resources)."""
         d = self.resolved().to_dict()
         d.pop("resources")  # where a trial runs does not change what it computes
+        if d["data"]["subset"] is None:  # options added later, left out when off: earlier trials keep their ids
+            del d["data"]["subset"], d["data"]["subset_seed"]
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -209,6 +215,10 @@ class TrialConfig:
                 raise ConfigError(f"data.channels={self.data.channels} is not valid for {self.data.name!r}; valid: {valid}")
         if self.data.max_train is not None and self.data.max_train < 1:
             raise ConfigError(f"data.max_train must be >= 1, got {self.data.max_train}")
+        if self.data.subset is not None:
+            _in_range("data.subset", self.data.subset, 0.0, 1.0, lo_open=True)
+        if self.data.subset_seed < 0:
+            raise ConfigError(f"data.subset_seed must be >= 0, got {self.data.subset_seed}")
 
         c = self.corruption
         _choice("corruption.kind", c.kind, CORRUPTION_KINDS)
@@ -443,6 +453,8 @@ def run_name(cfg: TrialConfig) -> str:
     corr = "true" if c.kind == "none" else (f"labels{c.level:g}" if c.kind == "labels" else c.kind)
     arch = _short(cfg.model.name) + ("" if cfg.reg.batch_norm else "_nobn")
     parts = [_short(cfg.data.name), corr, arch]
+    if cfg.data.subset is not None:
+        parts.append(f"sub{cfg.data.subset:g}-{cfg.data.subset_seed}")
     if optim.lr is not None:
         parts.append(f"lr{optim.lr:g}")
     parts += [f"wd{cfg.reg.weight_decay:g}", f"aug{int(cfg.reg.augment)}"]

@@ -21,6 +21,10 @@ Kinds (Zhang et al. 2017, section 2):
 - ``gaussian``: every image is replaced by Gaussian noise with the per-channel mean and
   variance of the original training set.
 
+A subset trial (``data.subset``) trains on :func:`subset_indices`, drawn by the same hash (its own
+stream, keyed by the subset seed), and keeps every sample's index in the full training set: subset
+and corruption commute, and a sample's corrupted label is the same in every trial.
+
 Pixel corruptions apply to the training and the test images alike (as the paper does for
 shuffled pixels); test labels stay true unless ``corrupt_test`` is set.
 """
@@ -43,6 +47,7 @@ _LABEL_CLASS = np.uint64(2)
 _SHUFFLE = np.uint64(3)
 _RANDPERM = np.uint64(4)
 _GAUSS = np.uint64(5)
+_SUBSET = np.uint64(6)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -113,6 +118,36 @@ def corrupt_labels(
     out = np.empty_like(labels)
     _corrupt_labels_kernel(labels, indices, int(seed), int(split), float(level), int(num_classes), out)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Subsets: which training samples a subset trial trains on
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True, fastmath=False)
+def _subset_keys(n, seed, out):
+    for i in range(n):
+        out[i] = _key(seed, _SUBSET, SPLIT_TRAIN, i)
+
+
+def subset_size(n: int, fraction: float) -> int:
+    """How many of ``n`` training samples a subset of ``fraction`` holds (at least one)."""
+    return min(n, max(1, int(round(fraction * n))))
+
+
+def subset_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The training samples (indices into the full set of ``n``, ascending) a subset trial trains on.
+
+    The :func:`subset_size` samples with the smallest hashes of (``seed``, index): a pure function of
+    (seed, n, fraction), so every trial, rank and resume of one subset seed sees the same samples,
+    and for one seed a smaller fraction's subset lies inside a larger one's. Each sample is in the
+    subset of a random seed with probability ``subset_size / n``, independently of its label.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"subset fraction {fraction} is outside (0, 1]")
+    keys = np.empty(n, dtype=np.uint64)
+    _subset_keys(int(n), int(seed), keys)
+    chosen = np.argsort(keys, kind="stable")[: subset_size(n, fraction)]
+    return np.sort(chosen).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------

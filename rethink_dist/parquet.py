@@ -372,16 +372,32 @@ def read_results(path: str | os.PathLike):
 
 def write_sample_records(path: str | os.PathLike, trial_id: str, arrays: dict[str, Any]) -> Path:
     """One trial's per-sample records (records.SAMPLE_KEYS) as a Parquet file, written atomically:
-    a pure function of the trial's final checkpoint, so a retry or a resume rewrites the same file."""
+    a pure function of the trial's final checkpoint, so a retry or a resume rewrites the same file.
+
+    A row per training sample (``split`` "train"), then, when the arrays have the test outcomes
+    (``test_correct``), a row per test sample (``split`` "test"; the columns that describe training
+    are null there). Arrays of an earlier version lack ``in_subset`` (every sample was trained on)."""
     import numpy as np
 
     first = np.asarray(arrays["first_fit_epoch"], dtype=np.int64)
+    n = len(first)
+    in_subset = np.asarray(arrays["in_subset"], dtype=bool) if "in_subset" in arrays else np.ones(n, bool)
+    test = np.asarray(arrays["test_correct"], dtype=bool) if "test_correct" in arrays else np.zeros(0, bool)
+    m = len(test)
+    null_test = np.ones(m, bool)
     table = pa.table({
-        "trial_id": pa.array([trial_id] * len(first), pa.string()),
-        "sample": pa.array(np.asarray(arrays["sample"], dtype=np.int64)),
-        "label_changed": pa.array(np.asarray(arrays["label_changed"], dtype=bool)),
-        "first_fit_epoch": pa.array(first, mask=first < 0),  # -1 (not fitted at the end): null
-        "forgettings": pa.array(np.asarray(arrays["forgettings"], dtype=np.int64)),
+        "trial_id": pa.array([trial_id] * (n + m), pa.string()),
+        "split": pa.array(["train"] * n + ["test"] * m, pa.string()),
+        "sample": pa.array(np.concatenate([np.asarray(arrays["sample"], dtype=np.int64), np.arange(m, dtype=np.int64)])),
+        "label_changed": pa.array(np.concatenate([np.asarray(arrays["label_changed"], dtype=bool), np.zeros(m, bool)]),
+                                  mask=np.concatenate([np.zeros(n, bool), null_test])),
+        "in_subset": pa.array(np.concatenate([in_subset, np.zeros(m, bool)])),
+        "correct": pa.array(np.concatenate([first >= 0, test])),
+        # -1 (not fitted at the end): null
+        "first_fit_epoch": pa.array(np.concatenate([first, np.full(m, -1, np.int64)]),
+                                    mask=np.concatenate([first < 0, null_test])),
+        "forgettings": pa.array(np.concatenate([np.asarray(arrays["forgettings"], dtype=np.int64), np.zeros(m, np.int64)]),
+                                mask=np.concatenate([np.zeros(n, bool), null_test])),
     })
     assert tuple(table.column_names) == SAMPLE_KEYS
     path = Path(path)

@@ -19,8 +19,8 @@ ROW_KEYS = ("trial_id", "sweep", "run_name", "kind", "epoch", "finished")
 
 # One epoch of a network trial.
 EPOCH_KEYS = (
-    "epoch", "step", "train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "test_acc", "test_top5",
-    "best_test_acc", "lr", "images_per_s", "train_seconds", "eval_seconds", "seconds", "steps_to_fit",
+    "epoch", "step", "train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "heldout_acc", "test_acc",
+    "test_top5", "best_test_acc", "lr", "images_per_s", "train_seconds", "eval_seconds", "seconds", "steps_to_fit",
 )
 # Where and when the epoch ran and on which labels (added by the code that runs the trial on Ray):
 # ended_at is the Unix time at the epoch's end, world_size the number of processes that trained it
@@ -39,7 +39,7 @@ COLUMN_TYPES = {
     "finished": "bool", "step": "int64", "steps_to_fit": "int64", "labels_fingerprint": "string", "node": "string",
     "node_id": "string", "pid": "int64", "world_size": "int64", "n": "int64", "d": "int64", "params": "int64",
     "n_train": "int64", "n_test": "int64",
-    **{k: "double" for k in ("train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "test_acc",
+    **{k: "double" for k in ("train_loss", "train_acc", "train_acc_clean", "train_acc_corrupted", "heldout_acc", "test_acc",
                              "test_top5", "best_test_acc", "lr", "images_per_s", "train_seconds", "eval_seconds",
                              "seconds", "ended_at", "max_abs_error", "min_eigenvalue", "train_error", "test_error",
                              "norm")},
@@ -50,10 +50,13 @@ METRIC_KEYS = tuple(k for k in EPOCH_KEYS if k != "epoch")
 SUMMARY_KEYS = ("train_acc", "test_acc", "test_top5", "best_test_acc", "steps_to_fit", "epochs", "steps", "fitted",
                 "seconds")
 
-# One row per training sample of a trial with sample_records on (samples/<trial_id>.parquet):
-# its (possibly corrupted) label changed?, the first epoch from which it was classified as that
-# label for good (null: not at the last evaluation), and its forgetting events.
-SAMPLE_KEYS = ("trial_id", "sample", "label_changed", "first_fit_epoch", "forgettings")
+# One row per training sample and one per test sample of a trial with sample_records on
+# (samples/<trial_id>.parquet): its split and index, whether its (possibly corrupted) label was
+# changed, whether the trial trained on it (a subset trial's subset), whether the final model
+# classifies it as its label, and, for training samples, the first epoch from which it was
+# classified so for good (null: not at the last evaluation) and its forgetting events.
+SAMPLE_KEYS = ("trial_id", "split", "sample", "label_changed", "in_subset", "correct", "first_fit_epoch",
+               "forgettings")
 SAMPLES_DIR = "samples"
 SAMPLES_FILE = "samples.npz"  # in a trial's checkpoint: the same arrays, without the trial id
 

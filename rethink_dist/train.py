@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rethink_dist.config import TrialConfig
+from rethink_dist.corruption import subset_indices
 from rethink_dist.data import dataset_info, load
 from rethink_dist.data.memory import MemoryLoader, corrupt_dataset
 from rethink_dist.errors import ConfigError
@@ -80,7 +81,9 @@ def build_loader(cfg: TrialConfig, device: torch.device) -> tuple[Loader, dict[s
     ds = load(cfg.data.name, cfg.data.root, cfg.data.download).subset_train(cfg.data.max_train)
     arrays = corrupt_dataset(ds, cfg.corruption)
     crop = cfg.data.image_size or info.crop
-    loader = MemoryLoader(arrays, crop, cfg.reg.augment, info.augment_pad, device, channels=cfg.data.channels)
+    subset = None if cfg.data.subset is None else subset_indices(len(ds.train_y), cfg.data.subset, cfg.data.subset_seed)
+    loader = MemoryLoader(arrays, crop, cfg.reg.augment, info.augment_pad, device, channels=cfg.data.channels,
+                          subset=subset)
     meta = {
         "dataset_fingerprint": ds.fingerprint,
         "dataset_source": ds.source,
@@ -90,6 +93,8 @@ def build_loader(cfg: TrialConfig, device: torch.device) -> tuple[Loader, dict[s
         "labels_changed": int(arrays.changed.sum()),
         "labels_fingerprint": labels_fingerprint(arrays.train_y),
     }
+    if subset is not None:
+        meta["subset_size"] = len(subset)
     return loader, meta
 
 
@@ -251,6 +256,7 @@ class Trial:
         self.samples: SampleRecords | None = (
             SampleRecords(loader.num_train, self.device) if cfg.sample_records else None)
         self._train_correct: torch.Tensor | None = None  # the last evaluation's per-sample hits
+        self._test_correct: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -352,7 +358,7 @@ class Trial:
         eval_seconds = time.perf_counter() - t1
         self.epoch += 1
         if self.samples is not None:
-            self.samples.update(self._train_correct, self.epoch)
+            self.samples.update(self._train_correct, self.epoch, self._test_correct)
         if self.steps_to_fit is None and ev["train_acc"] >= cfg.stop.fit_threshold:
             self.steps_to_fit = self.step
         self.best_test_acc = max(self.best_test_acc, ev["test_acc"])
@@ -375,21 +381,35 @@ class Trial:
 
     @torch.inference_mode()
     def evaluate(self) -> dict[str, Any]:
-        """Accuracy on the whole training set (by corrupted/clean samples) and on the test set."""
+        """Accuracy on the training set (by corrupted/clean samples) and on the test set. A subset
+        trial's training accuracies are over its subset, and ``heldout_acc`` is over the training
+        samples outside it; every training sample is evaluated either way."""
         self.model.eval()
         changed = self.loader.changed
+        member = getattr(self.loader, "in_subset", None)
         train1 = self.correct(self.loader.eval_batches("train"), topk=1)
         self._train_correct = train1  # in sample-index order: the per-sample records' input
         test1, test5 = self.correct(self.loader.eval_batches("test"), topk=5, both=True)
-        counts = torch.stack([torch.tensor(train1.numel(), device=train1.device), train1.sum(), changed.sum(),
-                              train1[changed].sum(), torch.tensor(test1.numel(), device=test1.device), test1.sum(),
-                              test5.sum()]).to(torch.float64)
-        n_train, ok_train, n_changed, ok_changed, n_test, ok1, ok5 = self.reduce_counts(counts).tolist()
+        self._test_correct = test1
+        fit1, fit_changed = (train1, changed) if member is None else (train1[member], changed[member])
+
+        def count(t: torch.Tensor) -> torch.Tensor:
+            return torch.tensor(t.numel(), device=t.device)
+
+        parts = [count(fit1), fit1.sum(), fit_changed.sum(), fit1[fit_changed].sum(), count(test1), test1.sum(),
+                 test5.sum()]
+        if member is not None:
+            out1 = train1[~member]
+            parts += [count(out1), out1.sum()]
+        counts = self.reduce_counts(torch.stack(parts).to(torch.float64)).tolist()
+        n_train, ok_train, n_changed, ok_changed, n_test, ok1, ok5 = counts[:7]
         n_clean = n_train - n_changed
+        n_out, ok_out = counts[7:] if member is not None else (0, 0)
         return {
             "train_acc": ok_train / n_train,
             "train_acc_clean": (ok_train - ok_changed) / n_clean if n_clean else None,
             "train_acc_corrupted": ok_changed / n_changed if n_changed else None,
+            "heldout_acc": ok_out / n_out if n_out else None,
             "test_acc": ok1 / n_test,
             "test_top5": ok5 / n_test,
         }
@@ -419,20 +439,27 @@ class Trial:
     def summary(self) -> dict[str, Any]:
         return summarize(self.history)
 
+    def sample_arrays(self) -> dict[str, Any]:
+        """The per-sample records as numpy arrays (sample_records on)."""
+        return self.samples.arrays(self.loader.changed, getattr(self.loader, "in_subset", None))
+
 
 class SampleRecords:
     """Per training sample, from the evaluation of the whole training set after every epoch (no extra
     forward pass): the first epoch from which it is classified as its (possibly corrupted) label and
     stays so (-1: not classified so at the latest evaluation), and its forgetting events (classified
-    so at one evaluation, not at the next; Toneva et al. 2019)."""
+    so at one evaluation, not at the next; Toneva et al. 2019). Per test sample: whether the latest
+    evaluation classified it as its label (with the training samples' outcomes and a subset trial's
+    membership, what memorization and influence estimates need: rethink_dist.memorization)."""
 
     KEYS = ("first_fit", "forgettings")  # whether a sample was classified so at the latest evaluation is first_fit >= 0
 
     def __init__(self, n: int, device: torch.device):
         self.first_fit = torch.full((n,), -1, dtype=torch.int32, device=device)
         self.forgettings = torch.zeros(n, dtype=torch.int32, device=device)
+        self.test_correct: torch.Tensor | None = None  # none before the first evaluation
 
-    def update(self, correct: torch.Tensor, epoch: int) -> None:
+    def update(self, correct: torch.Tensor, epoch: int, test_correct: torch.Tensor | None = None) -> None:
         if correct is None or correct.shape != self.first_fit.shape:
             raise RuntimeError(f"per-sample records need the whole training set in index order, got "
                                f"{None if correct is None else tuple(correct.shape)} for {tuple(self.first_fit.shape)}")
@@ -441,9 +468,14 @@ class SampleRecords:
         self.first_fit[learned] = epoch
         self.first_fit[forgotten] = -1
         self.forgettings += forgotten.to(torch.int32)
+        if test_correct is not None:
+            self.test_correct = test_correct.detach().clone()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k).detach().to("cpu", copy=True) for k in self.KEYS}
+        state = {k: getattr(self, k).detach().to("cpu", copy=True) for k in self.KEYS}
+        if self.test_correct is not None:
+            state["test_correct"] = self.test_correct.detach().to("cpu", copy=True)
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for k in self.KEYS:
@@ -452,14 +484,21 @@ class SampleRecords:
                 raise ValueError(f"the checkpoint's per-sample records are for {t.shape[0]} samples, not "
                                  f"{getattr(self, k).shape[0]}")
             setattr(self, k, t)
+        # A checkpoint of an earlier version has no test outcomes: none are written for it.
+        test = state.get("test_correct")
+        self.test_correct = None if test is None else test.to(self.first_fit.device)
 
-    def arrays(self, changed: torch.Tensor) -> dict[str, Any]:
-        """The records as numpy arrays (records.SAMPLE_KEYS without the trial id)."""
+    def arrays(self, changed: torch.Tensor, in_subset: torch.Tensor | None = None) -> dict[str, Any]:
+        """The records as numpy arrays (rethink_dist.parquet.write_sample_records writes them)."""
         import numpy as np
 
         first = self.first_fit.cpu().numpy()
-        return {"sample": np.arange(len(first), dtype=np.int64), "label_changed": changed.cpu().numpy().astype(bool),
-                "first_fit_epoch": first.astype(np.int64), "forgettings": self.forgettings.cpu().numpy().astype(np.int64)}
+        out = {"sample": np.arange(len(first), dtype=np.int64), "label_changed": changed.cpu().numpy().astype(bool),
+               "first_fit_epoch": first.astype(np.int64), "forgettings": self.forgettings.cpu().numpy().astype(np.int64),
+               "in_subset": (np.ones(len(first), bool) if in_subset is None else in_subset.cpu().numpy().astype(bool))}
+        if self.test_correct is not None:
+            out["test_correct"] = self.test_correct.cpu().numpy().astype(bool)
+        return out
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -475,7 +514,7 @@ def save_checkpoint(trial: Trial, folder: str | os.PathLike, **extra_json: Any) 
     if trial.samples is not None:  # readable without torch (the driver writes them to Parquet)
         import numpy as np
 
-        np.savez(folder / SAMPLES_FILE, **trial.samples.arrays(trial.loader.changed))
+        np.savez(folder / SAMPLES_FILE, **trial.sample_arrays())
     for name, obj in extra_json.items():
         (folder / f"{name}.json").write_text(json.dumps(obj, indent=1, default=str))
 
@@ -515,5 +554,5 @@ def train(config: TrialConfig, sinks: Iterable[Sink] = (), state: dict[str, Any]
     summary = run(trial, sinks)
     out = {"config": trial.config.to_dict(), "meta": trial.meta, "history": trial.history, "summary": summary}
     if trial.samples is not None:  # numpy arrays (records.SAMPLE_KEYS without the trial id)
-        out["samples"] = trial.samples.arrays(trial.loader.changed)
+        out["samples"] = trial.sample_arrays()
     return out

@@ -26,8 +26,13 @@ def test_mlp_memorizes_random_labels(tmp_path):
     # --samples: the per-sample records, one row per training sample, agreeing with the last epoch
     import pandas as pd
 
-    samples = pd.read_parquet(tmp_path / "samples.parquet")
+    every = pd.read_parquet(tmp_path / "samples.parquet")
+    samples, test = every[every["split"] == "train"], every[every["split"] == "test"]
     assert list(samples["sample"]) == list(range(1437)) and r["config"]["sample_records"] is True
+    assert samples["in_subset"].all() and (samples["correct"] == samples["first_fit_epoch"].notna()).all()
+    # and one row per test sample: classified as its label by the final model, as often as test_acc says
+    assert list(test["sample"]) == list(range(360)) and test["correct"].mean() == r["summary"]["test_acc"]
+    assert test["first_fit_epoch"].isna().all() and test["label_changed"].isna().all()
     assert samples["label_changed"].sum() == r["meta"]["labels_changed"]
     assert samples["first_fit_epoch"].notna().mean() == r["summary"]["train_acc"]
     assert samples["first_fit_epoch"].max() <= r["summary"]["epochs"]

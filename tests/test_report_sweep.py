@@ -83,6 +83,7 @@ def test_report_of_a_real_smoke_sweep(smoke, browser, capsys):  # noqa: F811
     assert figs["fig2b-digits"]["missing"]  # no inception_small in quick.py
     # The per-sample records (quick.py keeps them): one file per trial, and the first-fit figure.
     samples = pd.concat([pd.read_parquet(f) for f in sorted((smoke / "samples").glob("*.parquet"))])
+    samples = samples[samples["split"] == "train"]
     assert set(samples["trial_id"]) == set(rows["trial_id"])
     first_fit = figs["first-fit-digits"]
     label_trials = last[(last["corruption.kind"] == "labels") & (last["corruption.level"] > 0)]

@@ -215,7 +215,8 @@ def test_killed_worker_resumes_from_checkpoint(ray_two_nodes, mlflow_server, tmp
     # (the same config in this process, one thread like the trial's worker).
     files = list((tmp_path / "store" / "killme" / "samples").glob("*.parquet"))
     assert [f.name for f in files] == [f"{sweep.trials[0].trial_id}.parquet"]
-    samples = pd.read_parquet(files[0]).sort_values("sample")
+    every = pd.read_parquet(files[0])
+    samples = every[every["split"] == "train"].sort_values("sample")
     assert list(samples["sample"]) == list(range(700)) and set(samples["trial_id"]) == {sweep.trials[0].trial_id}
     assert list(samples["label_changed"]) == list(arrays.changed)
     import torch
@@ -232,6 +233,8 @@ def test_killed_worker_resumes_from_checkpoint(ray_two_nodes, mlflow_server, tmp
     first = ref["samples"]["first_fit_epoch"]
     assert samples["first_fit_epoch"].fillna(-1).astype(int).tolist() == first.tolist()
     assert samples["forgettings"].tolist() == ref["samples"]["forgettings"].tolist()
+    test = every[every["split"] == "test"].sort_values("sample")
+    assert test["correct"].tolist() == ref["samples"]["test_correct"].tolist()
     # fitted at the end <=> classified as its label at the last evaluation
     assert (samples["first_fit_epoch"].notna().mean()) == pytest.approx(df["train_acc"].iloc[-1])
 

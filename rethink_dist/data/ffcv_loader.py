@@ -88,8 +88,13 @@ class FFCVLoader:
         fixed = info.image_shape is not None
         counts = {split: int(meta["splits"][split]["num_samples"]) for split in BETON_FILES}
         n_train = min(counts["train"], cfg.data.max_train or counts["train"])
-        self.train_indices = np.arange(n_train, dtype=np.uint64)
-        self.eval_indices = {"train": self.train_indices, "test": np.arange(counts["test"], dtype=np.uint64)}
+        every = np.arange(n_train, dtype=np.uint64)
+        # A subset trial trains on its subset (indices into the file: the corruption, keyed by them,
+        # is the same as in the whole set) and evaluates every training sample.
+        subset = None if cfg.data.subset is None else C.subset_indices(n_train, cfg.data.subset, cfg.data.subset_seed)
+        self.train_indices = every if subset is None else subset.astype(np.uint64)
+        self.eval_indices = {"train": every, "test": np.arange(counts["test"], dtype=np.uint64)}
+        self.eval_indices_all = every  # every training sample, before a rank's shard is taken
         if eval_shard is not None:
             rank, world = eval_shard
             if world > min(n_train, counts["test"]):
@@ -124,6 +129,12 @@ class FFCVLoader:
         self.train_y = corrupted_y
         # The samples whose label the corruption changed, over what eval_batches("train") covers.
         self.changed = torch.from_numpy((corrupted_y != true_y)[self.eval_indices["train"].astype(np.int64)]).to(device)
+        # Per sample of eval_batches("train"): trained on? (None: every sample is)
+        self.in_subset = None
+        if subset is not None:
+            member = np.zeros(n_train, dtype=bool)
+            member[subset] = True
+            self.in_subset = torch.from_numpy(member[self.eval_indices["train"].astype(np.int64)]).to(device)
         x0, _ = next(iter(self.eval_batches("test")))
         self.input_shape = tuple(x0.shape[1:])
 
@@ -176,7 +187,7 @@ class FFCVLoader:
 
         label_ops = self._pipelines("train", augment=False)["label"]
         loader = Loader(self.paths["train"], batch_size=65536, num_workers=self.workers,
-                        order=OrderOption.SEQUENTIAL, drop_last=False, indices=self.train_indices,
+                        order=OrderOption.SEQUENTIAL, drop_last=False, indices=self.eval_indices_all,
                         pipelines={"image": None, "index": [IntDecoder(), ToTensor()],
                                    "label": [IntDecoder(), ToTensor()],
                                    "corrupted": PipelineSpec("label", label_ops[0], label_ops[1:])})
@@ -291,4 +302,6 @@ def build_ffcv_loader(cfg: TrialConfig, device: torch.device, distributed: bool 
         "labels_changed": int(loader.changed.sum()),
         "ffcv_workers": loader.workers,
     }
+    if cfg.data.subset is not None:
+        info["subset_size"] = len(loader.train_indices)
     return loader, info

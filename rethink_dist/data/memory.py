@@ -55,7 +55,9 @@ class MemoryLoader:
     """Batches of (inputs, labels) drawn by index from device-resident tensors."""
 
     def __init__(self, arrays: CorruptedArrays, crop: int, augment: bool, pad: int, device: torch.device,
-                 eval_batch_size: int = 1024, channels: int | None = None):
+                 eval_batch_size: int = 1024, channels: int | None = None, subset: np.ndarray | None = None):
+        """``subset``: the indices of the training samples to train on (a subset trial); evaluation
+        still covers the whole training set, in index order."""
         self.device = device
         self.crop, self.augment, self.pad, self.channels = crop, augment, pad, channels
         self.eval_batch_size = eval_batch_size
@@ -70,6 +72,13 @@ class MemoryLoader:
         if not augment:
             self.train_raw = None  # the cache serves training batches too
         self.input_shape = tuple(self.test_eval.shape[1:])
+        n = len(arrays.train_y)
+        self.train_index = None if subset is None else torch.from_numpy(np.asarray(subset, np.int64)).to(device)
+        # Per training sample: trained on? (None: every sample is)
+        self.in_subset = None
+        if subset is not None:
+            self.in_subset = torch.zeros(n, dtype=torch.bool, device=device)
+            self.in_subset[self.train_index] = True
 
     def use_channels_last(self) -> None:
         """Hold the cached inputs channels-last (N x H x W x C in memory, still N x C x H x W in shape) for
@@ -93,12 +102,20 @@ class MemoryLoader:
 
     @property
     def num_train(self) -> int:
+        """The training set's size (what evaluation and the per-sample records cover)."""
         return len(self.train_y)
+
+    @property
+    def num_fit(self) -> int:
+        """How many training samples an epoch trains on (the subset's size in a subset trial)."""
+        return self.num_train if self.train_index is None else len(self.train_index)
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled training batches (the last one may be smaller)."""
-        order = torch.randperm(self.num_train, generator=generator).to(self.device)
-        for start in range(0, self.num_train, batch_size):
+        order = torch.randperm(self.num_fit, generator=generator).to(self.device)
+        if self.train_index is not None:
+            order = self.train_index.index_select(0, order)
+        for start in range(0, self.num_fit, batch_size):
             idx = order[start : start + batch_size]
             # index_select rather than x[idx]: the faster gather on the CPU (bench/train.py).
             if self.augment:

@@ -39,7 +39,7 @@ class Fig:
                 "missing": self.missing, "file": f"figures/{self.id}.png" if self.png else None}
 
 
-def _canvas(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 4.0, **subplots):
+def canvas(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 4.0, **subplots):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -49,13 +49,13 @@ def _canvas(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 
     return fig, [a for row in axes for a in row]
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
-def _clean(v: Any) -> float | None:
+def clean_value(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
@@ -65,7 +65,7 @@ def _runs(curves: pd.DataFrame, y: str, x: str = "step", xscale: float = 1e-3) -
     for tid, g in curves.groupby("trial_id", sort=True):
         g = g.sort_values("epoch")
         out.append({"trial_id": tid, "seed": int(g["seed"].iloc[0]), "x": [float(v) * xscale for v in g[x]],
-                    "y": [_clean(v) for v in g[y]]})
+                    "y": [clean_value(v) for v in g[y]]})
     return out
 
 
@@ -96,7 +96,7 @@ def _arch_colors(archs: list[str]) -> list:
             for a in archs]
 
 
-def _missing(fig: Fig, why: str) -> Fig:
+def missing_fig(fig: Fig, why: str) -> Fig:
     fig.missing = why
     return fig
 
@@ -110,12 +110,12 @@ def fig1a(results: Results, dataset: str) -> Fig:
     c = results.curves()
     c = c[(c["data.name"] == dataset) & ~c["regularized"] & c["corruption"].isin(KIND_ORDER)]
     if c.empty:
-        return _missing(f, "needs finished unregularized trials with true labels, random labels or pixel corruptions")
+        return missing_fig(f, "needs finished unregularized trials with true labels, random labels or pixel corruptions")
     kinds_per_arch = c.groupby("arch")["corruption"].nunique()
     arch = max(_arch_sorted(kinds_per_arch.index), key=lambda a: (kinds_per_arch[a], a == "Inception"))
     c = c[c["arch"] == arch]
     f.title += f", {arch}"
-    fig, (ax,) = _canvas()
+    fig, (ax,) = canvas()
     kinds = [k for k in KIND_ORDER if k in set(c["corruption"])]
     for kind, color in zip(kinds, _colors(len(kinds))):
         runs = _runs(c[c["corruption"] == kind], "train_loss")
@@ -123,7 +123,7 @@ def fig1a(results: Results, dataset: str) -> Fig:
         _plot_runs(ax, runs, kind, color)
     ax.set(xlabel="thousands of steps", ylabel="training loss", title=f"{arch} on {dataset}")
     ax.legend()
-    f.png = _png(fig)
+    f.png = png_bytes(fig)
     return f
 
 
@@ -140,7 +140,7 @@ def fig1b(results: Results, dataset: str) -> Fig:
             "fitted are left out (count in the series' 'unfitted'); a level with no fitted trial is a gap, not 0. "
             "Paper: it grows by a small constant factor.")
     d = _by_level(results.finals(), dataset)
-    fig, (ax,) = _canvas()
+    fig, (ax,) = canvas()
     archs = _arch_sorted(set(d["arch"]))
     for arch, color in zip(archs, _arch_colors(archs)):
         g = d[d["arch"] == arch]
@@ -162,12 +162,12 @@ def fig1b(results: Results, dataset: str) -> Fig:
             ax.plot(never, [0.96] * len(never), "x", color=color, ms=9, transform=ax.get_xaxis_transform(),
                     label=f"{arch}: never fitted")
     if not f.series:
-        return _missing(f, "needs finished unregularized trials of one architecture that fitted with true labels "
+        return missing_fig(f, "needs finished unregularized trials of one architecture that fitted with true labels "
                            "and at least one label-corruption level")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.set(xlabel="label corruption", ylabel="time to overfit, relative to true labels", title=dataset)
     ax.legend()
-    f.png = _png(fig)
+    f.png = png_bytes(fig)
     return f
 
 
@@ -178,7 +178,7 @@ def fig1c(results: Results, dataset: str) -> Fig:
             f"Test error at the last epoch (mean, bars: std over seeds) against the label-corruption level; no "
             f"explicit regularizer. Dotted: chance ({chance:.2f}). Paper: it climbs steadily to chance at p = 1.")
     d = _by_level(results.finals(), dataset)
-    fig, (ax,) = _canvas()
+    fig, (ax,) = canvas()
     archs = _arch_sorted(set(d["arch"]))
     for arch, color in zip(archs, _arch_colors(archs)):
         g = d[d["arch"] == arch]
@@ -187,18 +187,18 @@ def fig1c(results: Results, dataset: str) -> Fig:
             continue
         err = 1 - g["test_acc"]
         pts = {"x": [float(v) for v in levels],
-               "y": [_clean(err[g["label_level"] == lv].mean()) for lv in levels],
-               "std": [_clean(err[g["label_level"] == lv].std(ddof=1)) for lv in levels],
+               "y": [clean_value(err[g["label_level"] == lv].mean()) for lv in levels],
+               "std": [clean_value(err[g["label_level"] == lv].std(ddof=1)) for lv in levels],
                "n": [int(err[g["label_level"] == lv].notna().sum()) for lv in levels]}
         f.series[arch] = pts
         ax.errorbar(pts["x"], [np.nan if v is None else v for v in pts["y"]],
                     yerr=[0 if v is None else v for v in pts["std"]], fmt="o-", color=color, capsize=3, label=arch)
     if not f.series:
-        return _missing(f, "needs finished unregularized trials of one architecture at two or more label-corruption levels")
+        return missing_fig(f, "needs finished unregularized trials of one architecture at two or more label-corruption levels")
     ax.axhline(chance, color="grey", lw=0.8, ls=":")
     ax.set(xlabel="label corruption", ylabel="test error", ylim=(0, 1), title=dataset)
     ax.legend()
-    f.png = _png(fig)
+    f.png = png_bytes(fig)
     return f
 
 
@@ -216,13 +216,13 @@ def fig2a(results: Results, dataset: str) -> Fig:
     c = results.curves()
     c = c[(c["data.name"] == dataset) & (c["corruption"] == "true labels")]
     if c.empty:
-        return _missing(f, "needs finished trials with true labels")
+        return missing_fig(f, "needs finished trials with true labels")
     settings = c.assign(reg=[_reg_name(a, w, d) for a, w, d in zip(c["aug"], c["wd"], c["dropout"])])
     n_regs = settings.groupby("arch")["reg"].nunique()
     arch = "Inception V3" if "Inception V3" in n_regs else max(_arch_sorted(n_regs.index), key=lambda a: n_regs[a])
     settings = settings[settings["arch"] == arch]
     f.title += f", {arch}"
-    fig, (ax,) = _canvas()
+    fig, (ax,) = canvas()
     regs = sorted(set(settings["reg"]), key=lambda r: (r == "no regularizer", r))
     for reg, color in zip(regs, _colors(len(regs))):
         runs = _runs(settings[settings["reg"] == reg], "test_acc")
@@ -238,7 +238,7 @@ def fig2a(results: Results, dataset: str) -> Fig:
         _plot_runs(ax, runs, reg, color)
     ax.set(xlabel="thousands of steps", ylabel="test accuracy", title=f"{arch} on {dataset}")
     ax.legend()
-    f.png = _png(fig)
+    f.png = png_bytes(fig)
     return f
 
 
@@ -252,9 +252,9 @@ def fig2b(results: Results, dataset: str) -> Fig:
     c = c[(c["data.name"] == dataset) & (c["corruption"] == "true labels") & ~c["regularized"]
           & c["arch"].isin(["Inception", "Inception w/o BN"])]
     if c.empty:
-        return _missing(f, "needs finished unregularized inception_small trials on true labels "
+        return missing_fig(f, "needs finished unregularized inception_small trials on true labels "
                            "(reg.batch_norm true and false)")
-    fig, (ax,) = _canvas()
+    fig, (ax,) = canvas()
     archs = [a for a in ("Inception", "Inception w/o BN") if a in set(c["arch"])]
     for arch, color in zip(archs, _arch_colors(archs)):
         g = c[c["arch"] == arch]
@@ -264,7 +264,7 @@ def fig2b(results: Results, dataset: str) -> Fig:
             _plot_runs(ax, runs, f"{arch} {what}", color, style)
     ax.set(xlabel="thousands of steps", ylabel="accuracy", ylim=(0, 1.02), title=dataset)
     ax.legend()
-    f.png = _png(fig)
+    f.png = png_bytes(fig)
     return f
 
 
@@ -279,14 +279,14 @@ def fig_memorization(results: Results, dataset: str) -> Fig:
     c = c[(c["data.name"] == dataset) & ~c["regularized"] & (c["corruption.kind"] == "labels")
           & (c["label_level"] > 0) & c["train_acc_corrupted"].notna()]
     if c.empty:
-        return _missing(f, "needs finished unregularized label-corruption trials (p > 0) that logged "
+        return missing_fig(f, "needs finished unregularized label-corruption trials (p > 0) that logged "
                            "train_acc_clean and train_acc_corrupted")
     levels = sorted(set(c["label_level"]))
     archs = _arch_sorted(set(c["arch"]))
     colors = dict(zip(archs, _arch_colors(archs)))
     ncols = min(3, len(levels))
     nrows = math.ceil(len(levels) / ncols)
-    fig, axes = _canvas(ncols, nrows, width=4.2, height=3.2)
+    fig, axes = canvas(ncols, nrows, width=4.2, height=3.2)
     for ax, lv in zip(axes, levels):
         for arch in archs:
             g = c[(c["label_level"] == lv) & (c["arch"] == arch)]
@@ -300,7 +300,7 @@ def fig_memorization(results: Results, dataset: str) -> Fig:
         ax.legend(fontsize=7)
     for ax in axes[len(levels):]:
         ax.set_visible(False)
-    f.png = _png(fig)
+    f.png = png_bytes(fig)
     return f
 
 
@@ -314,17 +314,19 @@ def fig_first_fit(results: Results, dataset: str) -> Fig:
             "(dashed). Samples not fitted at the end never count. No explicit regularizer.")
     samples = results.samples
     if samples is None or samples.empty:
-        return _missing(f, "needs trials run with sample_records on (the shipped sweeps switch it on)")
+        return missing_fig(f, "needs trials run with sample_records on (the shipped sweeps switch it on)")
+    samples = samples[(samples["split"] == "train") & samples["in_subset"]]  # what each trial trained on
+    samples = samples.assign(label_changed=samples["label_changed"].astype(bool))
     finals = results.finals()
     finals = finals[(finals["data.name"] == dataset) & ~finals["regularized"] & (finals["corruption.kind"] == "labels")
                     & (finals["label_level"] > 0)]
     trials = finals[finals["trial_id"].isin(set(samples["trial_id"]))]
     if trials.empty:
-        return _missing(f, "needs finished unregularized label-corruption trials (p > 0) with per-sample records")
+        return missing_fig(f, "needs finished unregularized label-corruption trials (p > 0) with per-sample records")
     archs = _arch_sorted(set(trials["arch"]))
     levels = sorted(set(trials["label_level"]))
     colors = dict(zip(levels, _colors(len(levels))))
-    fig, axes = _canvas(len(archs), 1, width=4.6, height=3.4)
+    fig, axes = canvas(len(archs), 1, width=4.6, height=3.4)
     for ax, arch in zip(axes, archs):
         last_epoch = 1
         for _, t in trials[trials["arch"] == arch].sort_values("label_level").iterrows():
@@ -339,13 +341,13 @@ def fig_first_fit(results: Results, dataset: str) -> Fig:
                 cdf = [float(np.mean(first <= e)) for e in epochs]
                 f.series[f"{arch} p={t['label_level']:g} {what}"] = {
                     "epoch": epochs.tolist(), "fraction_fitted": cdf, "samples": int(len(part)),
-                    "median_first_fit": _clean(float(np.nanmedian(first)) if np.isfinite(first).any() else None),
+                    "median_first_fit": clean_value(float(np.nanmedian(first)) if np.isfinite(first).any() else None),
                     "forgettings_mean": float(part["forgettings"].mean())}
                 ax.plot(epochs, cdf, style, color=colors[t["label_level"]],
                         label=f"p={t['label_level']:g} {what}")
         ax.set(title=arch, xlabel="epoch", ylabel="fraction fitted for good", ylim=(0, 1.02), xlim=(0, last_epoch))
         ax.legend(fontsize=6, ncol=2)
-    f.png = _png(fig)
+    f.png = png_bytes(fig)
     return f
 
 
@@ -370,7 +372,7 @@ def fig_cluster_timeline(results: Results) -> Fig:
             "on it (an idle node does not appear), and each end time is the clock of the node that ran it.")
     tl = cluster_timeline(results.rows)
     if tl is None:
-        return _missing(f, TIMELINE_MISSING)
+        return missing_fig(f, TIMELINE_MISSING)
     f.series = tl
     nodes, segments = tl["nodes"], tl["segments"]
     span = max([n["last"] for n in nodes] + [1e-9])
@@ -379,7 +381,7 @@ def fig_cluster_timeline(results: Results) -> Fig:
     for n in nodes:
         base[n["lane"]], rows = rows, rows + n["slots"] + 0.6
     lanes_height = max(1.8, 0.3 * rows)
-    fig, (ax, counts) = _canvas(1, 2, width=9.0, height=(lanes_height + 1.6) / 2, sharex=True,
+    fig, (ax, counts) = canvas(1, 2, width=9.0, height=(lanes_height + 1.6) / 2, sharex=True,
                                 height_ratios=[lanes_height, 1.6])
     trials = list(dict.fromkeys(s["trial_id"] for s in segments))
     colors = dict(zip(trials, _colors(len(trials))))
@@ -426,7 +428,7 @@ def fig_cluster_timeline(results: Results) -> Fig:
     counts.set_ylim(0, max(c["nodes"] + c["trials"] + [1]) + 0.5)
     counts.yaxis.get_major_locator().set_params(integer=True)
     counts.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    f.png = _png(fig)
+    f.png = png_bytes(fig)
     return f
 
 

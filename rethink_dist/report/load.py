@@ -22,7 +22,7 @@ from rethink_dist.report.paper import arch_label
 
 REQUIRED = ("trial_id", "epoch", "step", "train_loss", "train_acc", "test_acc", "finished",
             "data.name", "model.name", "corruption.kind", "corruption.level", "seed")
-OPTIONAL_FLOAT = ("train_acc_clean", "train_acc_corrupted", "test_top5", "best_test_acc", "steps_to_fit",
+OPTIONAL_FLOAT = ("train_acc_clean", "train_acc_corrupted", "heldout_acc", "test_top5", "best_test_acc", "steps_to_fit",
                   "reg.weight_decay", "reg.dropout", "optim.epochs", "seconds")
 OPTIONAL_BOOL = {"reg.augment": False, "reg.batch_norm": True}
 
@@ -136,10 +136,18 @@ def _samples(folder: Path) -> pd.DataFrame | None:
     if not files:
         return None
     try:
-        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise ReportError(f"cannot read the per-sample records in {folder}: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    # Files of an earlier version: training samples only, every one trained on.
+    if "split" not in df:
+        df["split"] = "train"
+    if "in_subset" not in df:
+        df["in_subset"] = True
+    df["split"] = df["split"].fillna("train")
+    df["in_subset"] = df["in_subset"].fillna(df["split"] == "train").astype(bool)
+    return df
 
 
 def _planned(plan: dict[str, Any], rows: pd.DataFrame) -> list[dict[str, Any]]:

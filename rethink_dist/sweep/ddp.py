@@ -76,6 +76,7 @@ class RankLoader:
         self.num_train = inner.num_train
         self.input_shape = inner.input_shape
         self.changed = inner.changed  # over this rank's evaluation shard of the training set
+        self.in_subset = inner.in_subset  # likewise (None: every training sample is trained on)
 
     def train_batches(self, batch_size: int, generator) -> Iterator[Any]:
         # The Trial asks for the global batch; this rank takes its share of it.

@@ -63,7 +63,7 @@ def record(cfg: SyntheticConfig, epoch: int) -> dict[str, Any]:
     """Epoch ``epoch``'s made-up record: every epoch key, a pure function of (seed, epoch)."""
     acc = min(1.0, epoch / cfg.epochs)
     values = {"epoch": epoch, "step": 100 * epoch, "train_loss": 2.3 * (1 - acc) + 1e-3 * (cfg.seed % 7),
-              "train_acc": acc, "train_acc_clean": acc, "train_acc_corrupted": None, "test_acc": 0.5 * acc,
+              "train_acc": acc, "train_acc_clean": acc, "train_acc_corrupted": None, "heldout_acc": None, "test_acc": 0.5 * acc,
               "test_top5": 0.9, "best_test_acc": 0.5 * acc, "lr": 0.01, "images_per_s": 1000.0,
               "train_seconds": cfg.epoch_seconds, "eval_seconds": 0.0, "seconds": epoch * cfg.epoch_seconds,
               "steps_to_fit": 100 * cfg.epochs if epoch == cfg.epochs else None}
