@@ -19,7 +19,7 @@ LAYERS = [
                "stopping")),
     ("data and models", ("data", "models", "theory")),
     ("the trial loop", ("train", "metrics")),
-    ("results", ("tracking", "parquet", "report")),
+    ("results", ("tracking", "parquet", "memorization", "report")),
     ("where trials run", ("sweep",)),
     ("commands", ("commands", "cli")),
 ]

@@ -20,6 +20,7 @@ from typing import Any
 
 from rethink_dist.report.figures import Fig, fig_cluster_timeline, figures
 from rethink_dist.report.load import Results
+from rethink_dist.report.memorized import memorization_figures
 from rethink_dist.report.paper import PAPER_CITATION
 from rethink_dist.report.tables import Table, tables
 
@@ -39,7 +40,8 @@ def build_report(results: Results, out: str | Path) -> Report:
     """Build every table and figure of ``results`` and write them to the folder ``out``."""
     out = Path(out).resolve()
     tabs, run, unfinished = tables(results), [fig_cluster_timeline(results)], results.unfinished()
-    figs = run + figures(results)
+    # A sweep of subset trials adds the memorization figures (from its folder's per-sample records).
+    figs = run + figures(results) + memorization_figures(results.source if Path(results.source).is_dir() else None)
     n_planned, n_done = len(results.planned) + results.not_started, int(results.finals()["trial_id"].nunique())
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -257,7 +257,17 @@ def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: boo
     # Every trial as written is checked first, so an error names the trial the file built.
     specs = [spec_from_item(item, i, where) for i, item in enumerate(items)]
     if smoke:
-        items = smoke_items(items)
+        # A sweep file may say what its smoke run is (smoke_trials(data_root)); else a few of its trials, made tiny.
+        own = getattr(module, "smoke_trials", None)
+        try:
+            with deferred_checks():
+                items = list(own(data_root)) if callable(own) else smoke_items(items)
+        except (ConfigError, SweepError) as e:
+            raise SweepError(f"{where}: {e}") from None
+        except Exception as e:
+            raise SweepError(f"{where}: smoke_trials() raised {type(e).__name__}: {e}") from None
+        if not items:
+            raise SweepError(f"{where}: smoke_trials() returned no trials")
         name = f"{name}-smoke"
     if resources:
         items = [_with_resources(item, resources, i, where) for i, item in enumerate(items)]
