@@ -242,7 +242,7 @@ def test_cli_train_ddp_writes_summary(local_ray, beton, tmp_path):
 
     out = tmp_path / "out.json"
     code = main(["train", "--dataset", "imagenet", "--beton-dir", str(beton), "--arch", "inception_v3",
-                 "--image-size", "96", "--ddp-workers", "2", "--epochs", "1", "--json", str(out), "--quiet"])
+                 "--image-size", "75", "--ddp-workers", "2", "--epochs", "1", "--json", str(out), "--quiet"])
     assert code == 0
     result = json.loads(out.read_text())
     summary = result["summary"]
@@ -251,7 +251,7 @@ def test_cli_train_ddp_writes_summary(local_ray, beton, tmp_path):
     assert summary["epochs"] == 1 and summary["test_top5"] == 1.0 and summary["best_test_acc"] == summary["test_acc"]
     assert [h["epoch"] for h in result["history"]] == [1]
     assert result["meta"]["ddp_workers"] == 2 and result["meta"]["batch_per_worker"] == 64
-    assert result["config"]["data"]["loader"] == "ffcv" and result["config"]["data"]["image_size"] == 96
+    assert result["config"]["data"]["loader"] == "ffcv" and result["config"]["data"]["image_size"] == 75
 
 
 @pytest.mark.parametrize("flags, message", [

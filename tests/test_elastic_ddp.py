@@ -23,7 +23,7 @@ from test_sweep import child_runs, mlflow_runs
 
 from conftest import VENV_BIN
 
-EPOCHS = 40
+EPOCHS = 20
 MAX_TRAIN, BATCH = 1280, 16  # 80 steps an epoch at either world size
 
 
@@ -106,7 +106,9 @@ def resized(tmp_path_factory, mlflow_server, digits_beton):
         victim = next(n for n in workers if n not in trial_nodes)
         out["victim_rank0"] = victim in set(df[df["world_size"] == 2]["node_id"])
         out["last_epoch_before_kill"] = int(rows()["epoch"].max())
-        assert out["last_epoch_before_kill"] < EPOCHS // 3, "the trial is too far along before the fault"
+        # Room after the fault for the epochs at world size 1 the test waits for (three, and the one
+        # whose report may be under way) before the trial ends.
+        assert out["last_epoch_before_kill"] <= EPOCHS - 8, "the trial is too far along before the fault"
         assert cluster.kill_node(victim)
         out["t_kill"] = time.time()
         out["victim"] = victim
