@@ -229,6 +229,17 @@ def _import_file(path: Path):
     return module
 
 
+def _call_trials(build, what: str, data_root: str | None, where: str) -> list:
+    """The list a sweep file's ``trials`` (or ``smoke_trials``) builds; its errors as one SweepError line."""
+    try:
+        with deferred_checks():  # each trial is checked later, by index and name
+            return list(build(data_root))
+    except (ConfigError, SweepError) as e:
+        raise SweepError(f"{where}: {e}") from None
+    except Exception as e:
+        raise SweepError(f"{where}: {what}() raised {type(e).__name__}: {e}") from None
+
+
 def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: bool = False,
                resources: dict[str, float] | None = None) -> Sweep:
     """Import a sweep file and check every trial; raises SweepError naming the file and trial.
@@ -245,13 +256,7 @@ def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: boo
     build = getattr(module, "trials", None)
     if not callable(build):
         raise SweepError(f"{where} must define trials(data_root) returning a list of trials")
-    try:
-        with deferred_checks():  # each trial is checked below, by index and name
-            items = list(build(data_root))
-    except (ConfigError, SweepError) as e:
-        raise SweepError(f"{where}: {e}") from None
-    except Exception as e:
-        raise SweepError(f"{where}: trials() raised {type(e).__name__}: {e}") from None
+    items = _call_trials(build, "trials", data_root, where)
     if not items:
         raise SweepError(f"{where} has an empty grid: trials() returned no trials")
     # Every trial as written is checked first, so an error names the trial the file built.
@@ -259,13 +264,7 @@ def load_sweep(path: str | os.PathLike, data_root: str | None = None, smoke: boo
     if smoke:
         # A sweep file may say what its smoke run is (smoke_trials(data_root)); else a few of its trials, made tiny.
         own = getattr(module, "smoke_trials", None)
-        try:
-            with deferred_checks():
-                items = list(own(data_root)) if callable(own) else smoke_items(items)
-        except (ConfigError, SweepError) as e:
-            raise SweepError(f"{where}: {e}") from None
-        except Exception as e:
-            raise SweepError(f"{where}: smoke_trials() raised {type(e).__name__}: {e}") from None
+        items = _call_trials(own, "smoke_trials", data_root, where) if callable(own) else smoke_items(items)
         if not items:
             raise SweepError(f"{where}: smoke_trials() returned no trials")
         name = f"{name}-smoke"
