@@ -165,7 +165,8 @@ NAME = "killme"
 
 def trials(data_root=None):
     return [{"model": {"name": "alexnet_small"}, "corruption": {"kind": "labels", "level": 1.0, "seed": 7},
-             "optim": {"epochs": EPOCHS}, "data": {"max_train": 700}, "sample_records": True}]
+             "optim": {"epochs": EPOCHS}, "data": {"max_train": 700, "subset": 0.8, "subset_seed": 3},
+             "sample_records": True}]
 """
 
 
@@ -219,6 +220,11 @@ def test_killed_worker_resumes_from_checkpoint(ray_two_nodes, mlflow_server, tmp
     samples = every[every["split"] == "train"].sort_values("sample")
     assert list(samples["sample"]) == list(range(700)) and set(samples["trial_id"]) == {sweep.trials[0].trial_id}
     assert list(samples["label_changed"]) == list(arrays.changed)
+    from rethink_dist.corruption import subset_indices
+
+    held = np.zeros(700, bool)
+    held[subset_indices(700, 0.8, 3)] = True  # a subset trial: it trained on 560 of the 700
+    assert samples["in_subset"].tolist() == held.tolist()
     import torch
 
     from rethink_dist.train import train
@@ -235,8 +241,11 @@ def test_killed_worker_resumes_from_checkpoint(ray_two_nodes, mlflow_server, tmp
     assert samples["forgettings"].tolist() == ref["samples"]["forgettings"].tolist()
     test = every[every["split"] == "test"].sort_values("sample")
     assert test["correct"].tolist() == ref["samples"]["test_correct"].tolist()
-    # fitted at the end <=> classified as its label at the last evaluation
-    assert (samples["first_fit_epoch"].notna().mean()) == pytest.approx(df["train_acc"].iloc[-1])
+    # fitted at the end <=> classified as its label at the last evaluation (train_acc over the
+    # subset it trained on, heldout_acc over the rest)
+    fitted = samples["first_fit_epoch"].notna().to_numpy()
+    assert fitted[held].mean() == pytest.approx(df["train_acc"].iloc[-1])
+    assert fitted[~held].mean() == pytest.approx(df["heldout_acc"].iloc[-1])
 
     # The report draws these real records on digits (the smoke sweep of test_report_sweep.py picks
     # no label-corruption trial, so this is where a sweep's own first-fit figure is checked).
@@ -247,7 +256,9 @@ def test_killed_worker_resumes_from_checkpoint(ray_two_nodes, mlflow_server, tmp
     assert fig.png and not fig.missing
     corrupted, clean = fig.series["AlexNet p=1 corrupted"], fig.series["AlexNet p=1 clean"]
     assert corrupted["epoch"] == list(range(epochs + 1))
-    assert corrupted["samples"] == int(samples["label_changed"].sum()) and clean["samples"] == 700 - corrupted["samples"]
+    # The figure counts the samples the trial trained on (its subset).
+    changed_held = int(samples["label_changed"].to_numpy(bool)[held].sum())
+    assert corrupted["samples"] == changed_held and clean["samples"] == int(held.sum()) - changed_held
     assert corrupted["fraction_fitted"][-1] == pytest.approx(df["train_acc_corrupted"].iloc[-1])
     assert clean["fraction_fitted"][-1] == pytest.approx(df["train_acc_clean"].iloc[-1])
 
