@@ -205,7 +205,7 @@ class ResultsWriter:
         if result.get("diverged"):
             run.set_tags({LAST_ERROR: result["diverged"]})
         for epoch in records:
-            run.log_epoch(epoch)  # Tune holds the checkpoint that contains this epoch
+            run.log_epoch(epoch)  # its checkpoint is on the storage (Tune registers it once its save task returns)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.reconcile(trial.config.get("spec", {}).get("trial_id"), trial.checkpoint, finished=True)
@@ -241,7 +241,10 @@ class ResultsWriter:
         its own error) and how many finished epochs it must train again (those after its last
         checkpoint: every report carries one), as a line of faults.jsonl and of the console."""
         last = self.last.get(tid) or {}
-        checkpoint = int(last.get("epoch") or 0)
+        # The checkpoint Tune restores the trial from: the last one Tune registered. A report reaches
+        # this writer before Tune's save task for its checkpoint returns; when the node dies between
+        # the two, Tune goes back to the checkpoint before, and the epochs after it are trained again.
+        checkpoint = registered_checkpoint_epoch(trial)
         reached = read_progress(trial.trial_id)
         kind = ("preempted" if "NodePreempted" in error else
                 "node lost" if any(w in error for w in NODE_LOST_WORDS) else "error")
@@ -366,6 +369,16 @@ class ResultsWriter:
                 writer.on_experiment_end(trials, **info)
 
         return _Callback()
+
+
+def registered_checkpoint_epoch(trial) -> int:
+    """The epoch of the latest checkpoint Tune has registered for ``trial`` (what a retry starts
+    from; 0 without one). Read from the result Tune keeps with that checkpoint."""
+    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    latest = getattr(manager, "latest_checkpoint_result", None)
+    metrics = getattr(latest, "metrics", None)
+    epoch = metrics.get("epoch") if isinstance(metrics, dict) else None
+    return int(epoch) if epoch is not None else 0
 
 
 def slim_tune_state(result: dict[str, Any] | None, trial=None) -> None:
