@@ -46,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VENV_BIN, free_port
+from conftest import REPO, VENV_BIN, free_port, stop_process
 
 CONFIG = REPO / "cluster" / "local.yaml"
 CLUSTER_NAME = "rethink-dist-lab"  # cluster/local.yaml's
@@ -575,8 +575,8 @@ def test_ray_up_submit_exec_down_on_the_lab_config(lab):
     for host in (f"127.0.0.1:{local}", f"localhost:{local}"):
         status, body = _http(by_name, host_header=host)
         assert status == 200 and "quick-smoke" in body, (host, status, body[:300])
-    os.killpg(tunnel.pid, signal.SIGTERM)
-    tunnel.wait(10)
+    # SIGTERM, then SIGKILL if ssh is still closing its forwarded channels after 30 s (seen under load).
+    stop_process(tunnel, 30)
 
     # 3. The --tmux form: the client and its SSH connections are killed mid-sweep. (`ray submit --tmux`
     # returns once tmux holds the driver; what is left of it and Ray's SSH masters are killed when the
