@@ -84,7 +84,7 @@ def _with_corruption(settings: list) -> Any:
     return next((s for s in settings if s.scores["label_changed"].any()), settings[0]) if settings else None
 
 
-def fig_mem_top(settings: list) -> Fig:
+def fig_mem_top(settings: list, data: tuple[Any, Any] | str | None = None) -> Fig:
     f = Fig("memorization-top", "Beyond the paper: the most memorized training images",
             f"For one setting (named in the title; one with corrupted labels where the sweep has it): the {TOP_IMAGES} "
             "training images with the largest memorization score, largest first, each titled with its score, its "
@@ -92,7 +92,7 @@ def fig_mem_top(settings: list) -> Fig:
     s = _with_corruption(settings)
     if s is None:
         return missing_fig(f, "needs at least 2 finished subset trials of one setting with per-sample records")
-    data = _images(s.config)
+    data = _images(s.config) if data is None else data
     if isinstance(data, str):
         return missing_fig(f, data)
     ds, arrays = data
@@ -115,7 +115,7 @@ def fig_mem_top(settings: list) -> Fig:
     return f
 
 
-def fig_mem_influence(settings: list) -> Fig:
+def fig_mem_influence(settings: list, data: tuple[Any, Any] | str | None = None) -> Fig:
     f = Fig("memorization-influence", "Beyond the paper: memorized training images and the test images they influence",
             f"For one setting (named in the title): the {INFLUENCE_ROWS} training images (left column) with the "
             "largest influence on some test image, where influence(i, j) = Pr[test image j classified right | i in "
@@ -125,7 +125,7 @@ def fig_mem_influence(settings: list) -> Fig:
     s = _with_corruption(settings)
     if s is None or s.pairs is None or s.pairs.empty:
         return missing_fig(f, "needs at least 2 finished subset trials of one setting with test outcomes in their records")
-    data = _images(s.config)
+    data = _images(s.config) if data is None else data
     if isinstance(data, str):
         return missing_fig(f, data)
     ds, arrays = data
@@ -164,4 +164,6 @@ def memorization_figures(folder: str | Path | None) -> list[Fig]:
     if folder is None or not has_subset_trials(folder):
         return []
     settings, _ = folder_estimates(folder, top=INFLUENCE_ROWS * INFLUENCE_COLS * 50)
-    return [fig_mem_histogram(settings), fig_mem_top(settings), fig_mem_influence(settings)]
+    drawn = _with_corruption(settings)
+    data = _images(drawn.config) if drawn is not None else None  # loaded once for both image figures
+    return [fig_mem_histogram(settings), fig_mem_top(settings, data), fig_mem_influence(settings, data)]
