@@ -15,6 +15,8 @@
 #   changes K: one solve each), for the RBF and the Laplacian kernel.
 # - rand60k (`bash docs/results/fashion_mnist_kernel.sh rand60k`): every label-corruption level of the
 #   randomization test on all 60,000 training images, from one factorization per kernel (RBF, Laplacian).
+# - rand60k-pixels (`bash docs/results/fashion_mnist_kernel.sh rand60k-pixels`): each pixel corruption on
+#   all 60,000 training images, for each kernel (a new K each: six solves of the rbf-60k's size).
 # - linear: the linear kernel (rank 784 < n: least squares from the SVD of the features; not an
 #   interpolant, so the command exits 3 and says so).
 # The full-size solve runs alone (its memory); the small ones after it.
@@ -42,6 +44,13 @@ rand60k() {
     kernel rand-60k-$k-labels --kernel $k --device cpu --also-levels 0.2,0.4,0.6,0.8,1.0
   done
 }
+rand60k_pixels() {
+  for k in rbf laplacian; do
+    for c in shuffled_pixels random_pixels gaussian; do
+      kernel rand-60k-$k-$c --kernel $k --device cpu --corruption $c
+    done
+  done
+}
 small() {
   for k in rbf laplacian; do
     kernel rand-$k-labels --kernel $k --max-train $RAND_N --also-levels 0.2,0.4,0.6,0.8,1.0
@@ -56,6 +65,7 @@ case "${1:-all}" in
   small) small ;;
   bench) bench ;;
   rand60k) rand60k ;;
-  all) full; small; bench; rand60k ;;
-  *) echo "usage: $0 [all | full | small | bench | rand60k]" >&2; exit 2 ;;
+  rand60k-pixels) rand60k_pixels ;;
+  all) full; small; bench; rand60k; rand60k_pixels ;;
+  *) echo "usage: $0 [all | full | small | bench | rand60k | rand60k-pixels]" >&2; exit 2 ;;
 esac
