@@ -117,6 +117,28 @@ def test_smoke_sweep_on_two_nodes(ray_two_nodes, mlflow_server, tmp_path):
             assert np.allclose([m.value for m in hist], rows[metric].to_numpy()), metric
         assert run.data.metrics["summary.epochs"] == rows["epoch"].max()
         assert bool(rows["finished"].iloc[-1]) and not rows["finished"].iloc[:-1].any()
+    assert_tune_state_slim(tmp_path / "store" / sweep.name / "tune", len(sweep.trials))
+
+
+def assert_tune_state_slim(tune_dir: Path, trials: int) -> None:
+    """Tune's last experiment snapshot holds, per trial, no epochs, no running statistics and
+    checkpoint results of their epoch and Tune's counters only (slim_tune_state): what makes the
+    snapshot, written for every trial of the sweep, grow with the sweep's size."""
+    import pickle
+
+    from rethink_dist.sweep.results import _CHECKPOINT_RESULT_KEYS
+
+    state = json.loads(sorted(tune_dir.glob("experiment_state-*.json"))[-1].read_text())
+    assert len(state["trial_data"]) == trials
+    for _, runtime in state["trial_data"]:
+        meta = json.loads(runtime)
+        assert meta["metric_analysis"] == {} and meta["metric_n_steps"] == {}
+        assert "records" not in meta["last_result"] and "train_loss" not in meta["last_result"]
+        assert meta["last_result"]["epoch"] >= 1 and "config" in meta["last_result"]
+        manager = pickle.loads(bytes.fromhex(meta["checkpoint_manager"]["value"]))
+        kept = manager.best_checkpoint_results + [manager.latest_checkpoint_result]
+        assert kept and all(set(r.metrics) <= set(_CHECKPOINT_RESULT_KEYS) for r in kept), kept
+        assert manager.latest_checkpoint_result.metrics["epoch"] == meta["last_result"]["epoch"]
 
 
 BATCHED = """

@@ -381,25 +381,39 @@ def registered_checkpoint_epoch(trial) -> int:
     return int(epoch) if epoch is not None else 0
 
 
+# What a kept checkpoint's result keeps in Tune's state: its epoch (registered_checkpoint_epoch) and
+# Tune's own counters. Tune orders checkpoints by the time they came (no score attribute here).
+_CHECKPOINT_RESULT_KEYS = ("epoch", "done_training", "training_iteration", "trial_id", "checkpoint_dir_name")
+
+
 def slim_tune_state(result: dict[str, Any] | None, trial=None) -> None:
-    """Drop from a report (in place: Tune keeps this dict as the trial's last result) what Tune
-    itself does not use, and the same from the results of the trial's kept checkpoints (Tune holds
-    them as its worker sent them). Best effort: the checkpoints' results are Tune's internals."""
+    """Drop from Tune's per-trial state, which every experiment snapshot writes for every trial of
+    the sweep, what neither Tune nor the driver reads back, once the writer and Tune's logs have the
+    report: from the report (in place: Tune keeps this dict as the trial's last result) the epochs
+    it carries, the trial's facts and the record keys the live table does not show; from the results
+    Tune keeps with the trial's checkpoints all but their epoch and Tune's counters (a new dict: the
+    newest may be the last result itself); and Tune's running statistics of every numeric key
+    (``metric_analysis``: min, max, mean, last-5 and last-10 values, which only
+    ``ExperimentAnalysis.get_best_trial`` reads; the driver never asks). Best effort: these are
+    Tune's internals."""
     for k in _NOT_FOR_TUNE:
         if result is not None:
             result.pop(k, None)
-    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    meta = getattr(trial, "run_metadata", None)
     try:
-        kept = list(manager.best_checkpoint_results or []) + [manager.latest_checkpoint_result] if manager else []
         changed = False
+        if meta is not None and (meta.metric_analysis or meta.metric_n_steps):
+            meta.metric_analysis, meta.metric_n_steps = {}, {}
+            changed = True
+        manager = getattr(meta, "checkpoint_manager", None)
+        kept = list(manager.best_checkpoint_results or []) + [manager.latest_checkpoint_result] if manager else []
         for r in kept:
             metrics = getattr(r, "metrics", None)
-            if isinstance(metrics, dict) and any(k in metrics for k in _NOT_FOR_TUNE):
-                for k in _NOT_FOR_TUNE:
-                    metrics.pop(k, None)
+            if isinstance(metrics, dict) and (metrics.keys() - set(_CHECKPOINT_RESULT_KEYS)):
+                r.metrics = {k: metrics[k] for k in _CHECKPOINT_RESULT_KEYS if k in metrics}
                 changed = True
         if changed:
-            trial.run_metadata.invalidate_cache()
+            meta.invalidate_cache()
     except Exception:
         pass
 
