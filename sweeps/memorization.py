@@ -23,8 +23,13 @@ Sections (RETHINK_MEMORIZATION_SECTIONS=a,b; default: digits):
   (default 8; not yet timed on a 2-core machine, where each trial trains on 42,000 images; a GPU
   cluster runs hundreds).
 
+Each choice of sections is its own sweep: "memorization" (digits, the default),
+"memorization-fashion" (RETHINK_MEMORIZATION_SECTIONS=fashion), "memorization-digits-fashion" (both).
+
 Run:      python sweeps/memorization.py --storage results
           rethink-dist memorization results/memorization
+          RETHINK_MEMORIZATION_SECTIONS=fashion python sweeps/memorization.py --storage results
+          rethink-dist memorization results/memorization-fashion
 Smoke:    python sweeps/memorization.py --smoke   (4 subset trials of 2 epochs on 256 digits)
 """
 
@@ -32,7 +37,6 @@ import os
 
 from rethink_dist.config import TrialConfig
 
-NAME = "memorization"
 SECTIONS_ENV = "RETHINK_MEMORIZATION_SECTIONS"
 ALL_SECTIONS = ("digits", "fashion")
 FRACTION = 0.7  # Feldman and Zhang's subset size
@@ -65,6 +69,18 @@ def sections() -> list[str]:
     if bad or not asked:
         raise ValueError(f"{SECTIONS_ENV}={os.environ.get(SECTIONS_ENV)!r}: unknown {bad}; valid: {', '.join(ALL_SECTIONS)}")
     return asked
+
+
+def _name() -> str:
+    """The sweep's name: its own folder for each choice of sections (a sweep's trials are fixed)."""
+    try:
+        chosen = sections()
+    except ValueError:
+        return "memorization"  # trials() says what is wrong with the variable
+    return "memorization" if chosen == ["digits"] else "-".join(["memorization", *chosen])
+
+
+NAME = _name()
 
 
 def trials(data_root=None):
