@@ -9,7 +9,9 @@ report, no torch) of ``--epochs`` epochs each, and prints, as JSON, per size:
   the sweep's end (its last writes included, Ray's start-up not) over the reports Tune handed it, and ``writer_s_per_report``: the time inside the results writer's per-report callback;
   ``reconcile_s_per_trial``: the writer's work at a trial's end (its rows and run from its checkpoint);
 - ``mlflow``: the MLflow client calls the writer made (count by method), their seconds, the values
-  they carried (metrics, params, tags), values per second, and their share of the writer's time;
+  they carried (metrics, params, tags), values per second, and their share of the time the writer's
+  MLflow thread was busy (``lane_busy_s``; that thread, not Tune's loop, waits for MLflow), and the
+  most calls that waited in it at once (``lane_longest``);
 - ``reports_per_s``: reports over the wall time from Tune's first step to the sweep's end;
 - ``max_step_s``: the longest turn of Tune's event loop (one event handled, callbacks included:
   a long turn holds back every other trial's report), and the 99th percentile;
@@ -82,7 +84,7 @@ def _baseline_table(commit: str):
 
 
 def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlflow: str, baseline: str | None,
-          root: Path) -> dict:
+          root: Path, trial_cpus: float = 0.05) -> dict:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from ray.tune.execution.tune_controller import TuneController
 
@@ -138,13 +140,21 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
     timed(results.ResultsWriter, "on_trial_result", writer_s)
     reconcile_s: list[float] = []
     timed(results.ResultsWriter, "reconcile", reconcile_s)
+    lanes: list = []
+    inner_lane = results.MlflowLane.__init__
+
+    def lane_init(self):
+        inner_lane(self)
+        lanes.append(self)
+
+    results.MlflowLane.__init__ = lane_init
 
     trials = [spec_from_item({"kind": "synthetic", "params": {"epochs": epochs, "epochs_per_report": per_report,
-                                                               "seed": i, "cpus": 0.05}}, i, "bench") for i in range(n)]
+                                                               "seed": i, "cpus": trial_cpus}}, i, "bench") for i in range(n)]
     sweep = Sweep(f"driver{n}", "bench/driver.py", trials)
     tracking = f"sqlite:///{root}/mlflow.db" if mlflow == "sqlite" else mlflow
     out = driver.run_sweep(sweep, storage=str(root / "store"), tracking_uri=tracking,
-                           max_concurrent=max_concurrent, verbose=0)
+                           max_concurrent=max_concurrent or None, verbose=0)
     cpu0, t0 = started
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -172,8 +182,10 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
             "mlflow_calls": {"calls": {k: len(v) for k, v in mlflow_calls.items() if v},
                        "seconds": round(sum(sum(v) for v in mlflow_calls.values()), 2), "values": values[0],
                        "values_per_s": round(values[0] / max(sum(sum(v) for v in mlflow_calls.values()), 1e-9)),
-                       "share_of_writer": round(sum(sum(v) for v in mlflow_calls.values())
-                                                / max(sum(writer_s) + sum(reconcile_s), 1e-9), 2)},
+                       "lane_busy_s": round(sum(lane.busy_s for lane in lanes), 2),
+                       "lane_longest": max((lane.longest for lane in lanes), default=0),
+                       "share_of_lane": round(sum(sum(v) for v in mlflow_calls.values())
+                                              / max(sum(lane.busy_s for lane in lanes), 1e-9), 2)},
             "reconcile_s_per_trial": round(sum(reconcile_s) / max(n, 1), 5),
             "tune_state_kb_per_trial": round(state_kb, 1) if state_kb else None,
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
@@ -222,6 +234,10 @@ def _plan(args) -> list[dict]:
     if args.epochs < 1:
         print(f"bench/driver.py: --epochs must be >= 1, got {args.epochs}", file=sys.stderr)
         raise SystemExit(2)
+    if args.max_concurrent < 0 or not args.trial_cpus > 0:
+        print(f"bench/driver.py: --max-concurrent must be >= 0 (0: no limit) and --trial-cpus > 0; got "
+              f"{args.max_concurrent} and {args.trial_cpus}", file=sys.stderr)
+        raise SystemExit(2)
     plan = []
     for per in per_reports:
         for n in sizes:
@@ -243,8 +259,9 @@ def main() -> None:
     ap.add_argument("--epochs-per-report", default="100",
                     help="epochs in one report (each with a checkpoint), comma-separated: each is a set of runs")
     ap.add_argument("--max-reports", type=int, default=20000, help="skip the runs that would make more reports")
-    ap.add_argument("--max-concurrent", type=int, default=8, help="Tune's max_concurrent_trials (each trial asks "
-                    "for 0.05 CPU)")
+    ap.add_argument("--max-concurrent", type=int, default=8, help="Tune's max_concurrent_trials (0: none; then the "
+                    "CPUs bound the trials at once: --trial-cpus)")
+    ap.add_argument("--trial-cpus", type=float, default=0.05, help="the CPUs each trial asks of Ray")
     ap.add_argument("--server-sizes", default="", help="sizes also run against a real mlflow server on 127.0.0.1")
     ap.add_argument("--baseline", action="store_true", help="also run the baseline table, side by side")
     ap.add_argument("--baseline-max", type=int, default=1000, help="the largest size the baseline runs")
@@ -271,7 +288,8 @@ def main() -> None:
                 server, mlflow = _server(Path(d))
             try:
                 spec = {"n": item["n"], "epochs": args.epochs, "per_report": item["per_report"],
-                        "max_concurrent": args.max_concurrent, "mlflow": mlflow, "baseline": item["baseline"], "root": d}
+                        "max_concurrent": args.max_concurrent, "mlflow": mlflow, "baseline": item["baseline"], "root": d,
+                        "trial_cpus": args.trial_cpus}
                 p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                    text=True)
             finally:
@@ -281,7 +299,7 @@ def main() -> None:
             if p.returncode != 0 or not (Path(d) / "run.json").is_file():
                 raise SystemExit(f"{item} failed ({p.returncode}):\n{p.stderr[-4000:]}")
             run = json.loads((Path(d) / "run.json").read_text())
-            run["mlflow"], run["max_concurrent"] = item["mlflow"], args.max_concurrent
+            run["mlflow"], run["max_concurrent"], run["trial_cpus"] = item["mlflow"], args.max_concurrent, args.trial_cpus
             runs.append(run)
             print(json.dumps(run), file=sys.stderr, flush=True)
             if args.json:  # after every run: a long bench stopped part-way keeps what it measured

@@ -229,6 +229,20 @@ def num_or_dash(x: float | None) -> str:
     return "—" if x is None else f"{x:.1f}"
 
 
+def _at_once(run: dict) -> str:
+    if run.get("max_concurrent"):
+        return f"{run['max_concurrent']} trials at once"
+    return f"each trial asking for {run.get('trial_cpus', 0.05):g} CPU, as many at once as the CPUs allow"
+
+
+def _mlflow_share(m: dict) -> str:
+    """MLflow's share of the time it took: of the writer's own time (runs before the MLflow calls had
+    a thread of their own), or of that thread's busy time."""
+    if "share_of_lane" in m:
+        return f"{m['share_of_lane']:.0%} of the MLflow thread's busy time (at most {_n(m['lane_longest'])} calls waiting)"
+    return f"{m['share_of_writer']:.0%} of the writer's time"
+
+
 def driver_block(doc: dict[str, Any]) -> str:
     """bench/driver.py's JSON: one row per sweep size (and table), with the command, date and machine."""
     rows = [DRIVER_BEGIN, "",
@@ -252,10 +266,10 @@ def driver_block(doc: dict[str, Any]) -> str:
              + "; ".join(f"{_n(r['trials'])} trials, {r['epochs_per_report']} epochs per report, {r['mlflow']}"
                          f"{' (baseline table)' if r['table'] == 'baseline' else ''}: {_n(r['mlflow_calls']['values'])} "
                          f"values in {r['mlflow_calls']['seconds']:.0f} s ({_n(r['mlflow_calls']['values_per_s'])} "
-                         f"values/s), {r['mlflow_calls']['share_of_writer']:.0%} of the writer's time"
+                         f"values/s), {_mlflow_share(r['mlflow_calls'])}"
                          for r in doc["runs"]) + ".",
              "", f"`.venv/bin/python {doc['command']}` on {doc['date']}, {m['cpu']}, {m['cores']} cores, "
-             f"{doc['runs'][0]['max_concurrent']} trials at once (load average at the end "
+             f"{_at_once(doc['runs'][0])} (load average at the end "
              f"{m['load_avg_1m_at_end']:.1f}).", "", DRIVER_END]
     return "\n".join(rows)
 

@@ -60,6 +60,10 @@ SAMPLE_KEYS = ("trial_id", "split", "sample", "label_changed", "in_subset", "cor
 SAMPLES_DIR = "samples"
 SAMPLES_FILE = "samples.npz"  # in a trial's checkpoint: the same arrays, without the trial id
 
+# The other files of a trial's checkpoint folder: its model and optimizer state, its epochs so far
+# (the records), its facts (the first report's meta).
+STATE_FILE, HISTORY_FILE, META_FILE = "state.pt", "history.json", "meta.json"
+
 # MLflow tags.
 PARENT_RUN = "mlflow.parentRunId"
 ROLE = "rethink.role"  # "sweep" (the parent run) or "trial"

@@ -33,7 +33,7 @@ from rethink_dist.errors import ConfigError
 from rethink_dist.external import is_external
 from rethink_dist.metrics import Sink
 from rethink_dist.models import count_params, create
-from rethink_dist.records import SAMPLES_FILE, summarize
+from rethink_dist.records import HISTORY_FILE, SAMPLES_FILE, STATE_FILE, summarize
 
 AUX_WEIGHT = 0.4  # weight of Inception V3's auxiliary-head loss (Szegedy et al.)
 
@@ -502,7 +502,6 @@ class SampleRecords:
 
 
 # ---------------------------------------------------------------------- checkpoints
-STATE_FILE, HISTORY_FILE = "state.pt", "history.json"
 
 
 def save_checkpoint(trial: Trial, folder: str | os.PathLike, **extra_json: Any) -> None:

@@ -27,6 +27,7 @@ from rethink_dist import stopping
 from rethink_dist.errors import SweepError
 from rethink_dist.files import storage_error, write_json_atomic
 from rethink_dist.parquet import ResultsTable, sweep_schema, trial_index
+from rethink_dist.records import HISTORY_FILE, STATE_FILE
 from rethink_dist.sweep.address import explicit_address, probe_ray_address
 from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import Sweep, TrialSpec
@@ -496,10 +497,10 @@ def _checkpoints_newest_first(trial_dir: Path) -> list[str]:
     out = []
     for d in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
         try:
-            json.loads((d / "history.json").read_text())
+            json.loads((d / HISTORY_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if (d / "state.pt").is_file():
+        if (d / STATE_FILE).is_file():
             out.append(str(d))
     return out
 
@@ -555,8 +556,9 @@ def run_one_trial(spec: TrialSpec, tracking_uri: str | None = None, experiment: 
         error = None
         if result.error is not None or result.checkpoint is None:
             error = str(result.error).splitlines()[0] if result.error else "no checkpoint"
-        return {"error": error, "history": read_checkpoint_json(result.checkpoint, "history.json"),
+        return {"error": error, "history": read_checkpoint_json(result.checkpoint, HISTORY_FILE),
                 "saved": read_checkpoint_json(result.checkpoint, "summary.json")}
     finally:
         writer.flush()
+        writer.drain()
         shutil.rmtree(storage, ignore_errors=True)

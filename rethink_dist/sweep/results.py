@@ -8,7 +8,15 @@ trials go on; the runs are back-filled from the checkpoints once it answers); a 
 refuses writes stops the sweep in one line (:meth:`ResultsWriter.stop_for_storage`); a trial
 process that ends early is a line of faults.jsonl (:data:`FAULTS_FILE`). The driver
 (:mod:`rethink_dist.sweep.driver`) uses :meth:`live`, :meth:`write_table`, :meth:`reconcile`,
-:meth:`retry_mlflow_now` and :meth:`close_sweep`.
+:meth:`retry_mlflow_now`, :meth:`drain` and :meth:`close_sweep`.
+
+The MLflow calls run, in the order they were asked for, on one thread of their own
+(:class:`MlflowLane`): Tune's event loop, which every trial's report waits on, does not wait for the
+MLflow store (a call takes tens of milliseconds on SQLite, more on a busy server, and a sweep makes a
+few per trial). The lane holds at most :data:`MlflowLane.LIMIT` calls; when MLflow falls that far
+behind, the loop waits for it (MLflow, not the driver, then sets the pace). :meth:`drain` waits for
+the lane; the sweep drains it before its end. A driver killed with calls in the lane loses only
+MLflow copies: the rows are in Parquet and the checkpoints, and ``--resume`` back-fills the runs.
 """
 
 from __future__ import annotations
@@ -16,15 +24,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from rethink_dist.files import STORAGE_WORDS, storage_error
 from rethink_dist.parquet import ResultsTable, write_sample_records
-from rethink_dist.records import LAST_ERROR, PLACEMENT_KEYS, RECORD_KEYS, SAMPLES_DIR, SAMPLES_FILE, finite_numbers, summarize
+from rethink_dist.records import (HISTORY_FILE, LAST_ERROR, META_FILE, PLACEMENT_KEYS, RECORD_KEYS, SAMPLES_DIR,
+                                  SAMPLES_FILE, finite_numbers, summarize)
 from rethink_dist.sweep.plan import KINDS
 from rethink_dist.sweep.space import SpaceWatch
 from rethink_dist.sweep.worker import read_progress
@@ -50,6 +61,57 @@ TUNE_TABLE = {"epoch": "epoch", "train_acc": "train acc", "test_acc": "test acc"
 _NOT_FOR_TUNE = ("records", "meta") + tuple(k for k in RECORD_KEYS if k not in TUNE_TABLE)
 
 
+class MlflowLane:
+    """One thread that runs the writer's MLflow calls in order, off Tune's event loop."""
+
+    LIMIT = 10_000  # calls waiting at most; a full lane makes the caller wait (back-pressure)
+    SAY_AFTER_S = 5.0  # drain(): a line when waiting for MLflow takes longer than this
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue = queue.Queue(maxsize=self.LIMIT)
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.busy_s = 0.0  # time spent in calls (bench/driver.py reports it)
+        self.longest = 0  # the most calls that were waiting at once
+
+    def submit(self, call) -> None:
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._serve, name="rethink-mlflow", daemon=True)
+                self.thread.start()
+        self.calls.put(call)
+        self.longest = max(self.longest, self.calls.qsize())
+
+    def _serve(self) -> None:
+        while True:
+            call = self.calls.get()
+            t = time.perf_counter()
+            try:
+                call()
+            except BaseException as e:  # a call's own failures are handled inside it; this is a bug's
+                print(f"rethink-dist: warning: an MLflow write failed unexpectedly ({type(e).__name__}: {e})",
+                      file=sys.stderr, flush=True)
+            finally:
+                self.busy_s += time.perf_counter() - t
+                self.calls.task_done()
+
+    def drain(self) -> None:
+        """Wait until every call asked for so far has run."""
+        if self.thread is None:
+            return
+        waiting, t = self.calls.qsize(), time.monotonic()
+        said = False
+        while True:
+            with self.calls.all_tasks_done:
+                if not self.calls.unfinished_tasks:
+                    return
+                self.calls.all_tasks_done.wait(timeout=1.0)
+            if not said and time.monotonic() - t > self.SAY_AFTER_S:
+                said = True
+                print(f"rethink-dist: waiting for MLflow to take the last of {waiting} writes "
+                      f"({self.calls.qsize()} left)", file=sys.stderr, flush=True)
+
+
 class ResultsWriter:
     """Driver side: each reported epoch goes into the Parquet table (``table``, if any) and the trial's
     MLflow run (``tracking``, if any) as it arrives; a trial's end rewrites both from its checkpoint."""
@@ -66,6 +128,8 @@ class ResultsWriter:
         self.down_since: float | None = None  # when MLflow stopped answering (None: it answers)
         self.watch: SpaceWatch | None = None  # set by run_sweep for local storage
         self.storage_full: str | None = None  # the line that stopped the sweep for want of space
+        self.lane = MlflowLane()  # where every MLflow call runs
+        self.closing: set[str] = set()  # trials whose run's closing is in the lane
 
     # Tune pickles its callbacks with the experiment state (every few seconds) and unpickles them on
     # --resume. Unpickled while this sweep's writer is live, the copy is that writer (one state: its
@@ -101,6 +165,7 @@ class ResultsWriter:
                 yield self
             finally:
                 self.flush()
+                self.drain()
                 if self.key is not None:
                     _LIVE.pop(self.key, None)
 
@@ -121,30 +186,54 @@ class ResultsWriter:
         return self.runs[tid]
 
     def flush(self) -> None:
-        for run in self.runs.values():
-            self._mlflow("sending epochs", run.flush)
+        """Send the open runs' buffered epochs (in the lane, after what is already there)."""
+        self._mlflow("sending epochs", self._flush_runs)
+
+    def _flush_runs(self) -> None:
+        for run in list(self.runs.values()):
+            run.flush()
+
+    def drain(self) -> None:
+        """Wait for every MLflow write asked for so far."""
+        self.lane.drain()
 
     RETRY_SECONDS = 60.0  # after an MLflow failure, try again at most this often (at a trial's end)
 
-    def _mlflow(self, what: str, fn, *args, **kwargs) -> Any:
-        """One MLflow step. When it fails, say so once and go on without MLflow: the trials keep
-        training, their rows still reach Parquet, and their runs are back-filled from the
-        checkpoints when MLflow answers again (a trial's end, the sweep's end, or ``--resume``)."""
-        if self.tracking is None or self.down_since is not None:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            self.down_since = time.monotonic()
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            print(f"rethink-dist: warning: MLflow at {self.tracking['tracking_uri']} failed ({what}: {msg}); the "
-                  "trials keep training and their rows still go to trials.parquet; their MLflow runs will be "
-                  "back-filled from the checkpoints when it answers again (at a trial's end, the sweep's end, "
-                  "or with --resume)", file=sys.stderr, flush=True)
-            return None
+    def _mlflow(self, what: str, fn, *args, then=None, retry: bool = False, **kwargs) -> None:
+        """One MLflow step, run in the lane; ``then(result)`` after it succeeds, there too. When it
+        fails, say so once and go on without MLflow: the trials keep training, their rows still reach
+        Parquet, and their runs are back-filled from the checkpoints when MLflow answers again (a
+        trial's end (``retry``), the sweep's end, or ``--resume``)."""
+        if self.tracking is None:
+            return
+
+        def call() -> None:
+            if retry:
+                self._maybe_retry_mlflow()
+            if self.down_since is not None:
+                if then is not None:
+                    then(None)
+                return
+            try:
+                out = fn(*args, **kwargs)
+            except Exception as e:
+                self.down_since = time.monotonic()
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                print(f"rethink-dist: warning: MLflow at {self.tracking['tracking_uri']} failed ({what}: {msg}); "
+                      "the trials keep training and their rows still go to trials.parquet; their MLflow runs will "
+                      "be back-filled from the checkpoints when it answers again (at a trial's end, the sweep's "
+                      "end, or with --resume)", file=sys.stderr, flush=True)
+                out = None
+            if then is not None:
+                then(out)
+
+        self.lane.submit(call)
 
     def retry_mlflow_now(self) -> None:
-        """Try MLflow again (after an outage) at the next step."""
+        """Try MLflow again (after an outage) from the next step in the lane."""
+        self.lane.submit(self._mark_up)
+
+    def _mark_up(self) -> None:
         self.down_since = None
 
     def _maybe_retry_mlflow(self) -> None:
@@ -194,16 +283,19 @@ class ResultsWriter:
                 record = {k: epoch[k] for k in RECORD_KEYS if k in epoch}
                 record["finished"] = False
                 self.write_table(self.table.add, self._row(tid, record))
-        self._mlflow("logging epochs", self._log_result, tid, result, records)
+        # Copies: the lane runs later, and Tune's copy of the report is slimmed in place meanwhile.
+        self._mlflow("logging epochs", self._log_result, tid, result.get("meta"), result.get("diverged"),
+                     [dict(epoch) for epoch in records])
 
-    def _log_result(self, tid: str, result: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    def _log_result(self, tid: str, meta: dict[str, Any] | None, diverged: str | None,
+                    records: list[dict[str, Any]]) -> None:
         run = self._run(tid)
         if run is None:
             return
-        if result.get("meta"):
-            run.log_meta(result["meta"])
-        if result.get("diverged"):
-            run.set_tags({LAST_ERROR: result["diverged"]})
+        if meta:
+            run.log_meta(meta)
+        if diverged:
+            run.set_tags({LAST_ERROR: diverged})
         for epoch in records:
             run.log_epoch(epoch)  # its checkpoint is on the storage (Tune registers it once its save task returns)
 
@@ -270,7 +362,8 @@ class ResultsWriter:
         its MLflow run every epoch it lacks, and, once, its summary and final status."""
         if tid not in self.specs:
             return
-        if self.reconciled.get(tid) == (finished, status) and (self.tracking is None or tid in self.closed):
+        if self.reconciled.get(tid) == (finished, status) and (self.tracking is None or tid in self.closed
+                                                               or tid in self.closing):
             return  # done already, from the same final checkpoint (its end, then the sweep's tally)
         self.reconciled[tid] = (finished, status)
         finished = finished and not self.last.get(tid, {}).get("diverged")
@@ -291,15 +384,21 @@ class ResultsWriter:
             if samples is not None:  # sample_records: samples/<trial_id>.parquet beside trials.parquet
                 path = self.table.path.parent / SAMPLES_DIR / f"{tid}.parquet"
                 self.write_table(write_sample_records, path, tid, samples, path=path)
-        if self.tracking is None or tid in self.closed:
+        if self.tracking is None or tid in self.closed or tid in self.closing:
             return
-        self._maybe_retry_mlflow()
-        meta = read_checkpoint_json(checkpoint, "meta.json") if history is not None else None
-        if self._mlflow("closing a trial's run", self._close_run, tid, history, rows, meta, finished, status):
-            self.closed.add(tid)
-            self.runs.pop(tid, None)  # closed: its run object is not needed again
-            last = self.last.get(tid) or {}
-            self.last[tid] = {k: last[k] for k in ("epoch", "node_id", "diverged") if k in last}
+        meta = read_checkpoint_json(checkpoint, META_FILE) if history is not None else None
+        self.closing.add(tid)
+
+        def closed(ok) -> None:
+            self.closing.discard(tid)
+            if ok:
+                self.closed.add(tid)
+                self.runs.pop(tid, None)  # closed: its run object is not needed again
+                last = self.last.get(tid) or {}
+                self.last[tid] = {k: last[k] for k in ("epoch", "node_id", "diverged") if k in last}
+
+        self._mlflow("closing a trial's run", self._close_run, tid, history, rows, meta, finished, status,
+                     then=closed, retry=True)
 
     def _close_run(self, tid: str, history, rows, meta, finished: bool, status: str) -> bool:
         """Give the run every epoch of the checkpoint it lacks, its facts, its summary and status."""
@@ -334,6 +433,7 @@ class ResultsWriter:
         if self.tracking is not None and self.tracking.get("parent_run_id"):
             self._mlflow("ending the sweep's run", finish_run, self.tracking["tracking_uri"],
                          self.tracking["parent_run_id"], status)
+        self.drain()
 
     def on_step_end(self, iteration, trials, **info):
         self._check_storage()  # every turn of Tune's loop (at most every WATCH_SECONDS)
@@ -479,7 +579,7 @@ def read_checkpoint_samples(checkpoint: Any, tid: str) -> dict[str, Any] | None:
 def _read_history(checkpoint, tid: str) -> list[dict[str, Any]] | None:
     """The epoch records of a trial's checkpoint (``history.json``), or None."""
     try:
-        return read_checkpoint_json(checkpoint, "history.json")
+        return read_checkpoint_json(checkpoint, HISTORY_FILE)
     except Exception as e:  # keep the rows we have; say so
         print(f"rethink-dist: could not read the checkpoint of {tid}: {e}", file=sys.stderr)
         return None

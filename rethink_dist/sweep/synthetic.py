@@ -20,10 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rethink_dist.errors import ConfigError
-from rethink_dist.records import EPOCH_KEYS
-
-# The checkpoint files a network trial writes (rethink_dist/train.py), which the driver reads.
-HISTORY_FILE, META_FILE = "history.json", "meta.json"
+from rethink_dist.records import EPOCH_KEYS, HISTORY_FILE, META_FILE  # the checkpoint files a network trial writes
 
 
 @dataclasses.dataclass(frozen=True)
