@@ -6,7 +6,8 @@ table and MLflow runs, checkpoints, reconciliation) of N trials of the ``synthet
 report, no torch) of ``--epochs`` epochs each, and prints, as JSON, per size:
 
 - ``cpu_s_per_report``: the driver process's CPU seconds (user + system) from Tune's first step to
-  the sweep's end (its last writes included, Ray's start-up not) over the reports Tune handed it, and ``writer_s_per_report``: the time inside the results writer's per-report callback;
+  the sweep's end (its last writes included, Ray's start-up not) over the reports Tune handed it, of
+  which ``mlflow_cpu_s_per_report`` in the writer's MLflow thread (the MLflow client's work), and ``writer_s_per_report``: the time inside the results writer's per-report callback;
   ``reconcile_s_per_trial``: the writer's work at a trial's end (its rows and run from its checkpoint);
 - ``mlflow``: the MLflow client calls the writer made (count by method), their seconds, the values
   they carried (metrics, params, tags), values per second, and their share of the time the writer's
@@ -175,6 +176,7 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
             "epochs_once": once, "reports": reports, "wall_s": round(wall, 1),
             "reports_per_s": round(reports / wall, 1), "cpu_s": round(cpu, 1),
             "cpu_s_per_report": round(cpu / max(reports, 1), 5),
+            "mlflow_cpu_s_per_report": round(sum(lane.cpu_s for lane in lanes) / max(reports, 1), 5),
             "writer_s_per_report": round(sum(writer_s) / max(reports, 1), 5),
             "max_step_s": round(steps[-1], 3) if steps else None,
             "p99_step_s": round(steps[int(0.99 * (len(steps) - 1))], 4) if steps else None,

@@ -235,6 +235,12 @@ def _at_once(run: dict) -> str:
     return f"each trial asking for {run.get('trial_cpus', 0.05):g} CPU, as many at once as the CPUs allow"
 
 
+def _mlflow_cpu(run: dict) -> str:
+    """The MLflow thread's part of the driver's CPU per report (runs since MLflow had a thread)."""
+    v = run.get("mlflow_cpu_s_per_report")
+    return "" if v is None else f" ({1e3 * v:.1f})"
+
+
 def _mlflow_share(m: dict) -> str:
     """MLflow's share of the time it took: of the writer's own time (runs before the MLflow calls had
     a thread of their own), or of that thread's busy time."""
@@ -246,7 +252,7 @@ def _mlflow_share(m: dict) -> str:
 def driver_block(doc: dict[str, Any]) -> str:
     """bench/driver.py's JSON: one row per sweep size (and table), with the command, date and machine."""
     rows = [DRIVER_BEGIN, "",
-            "| table | MLflow | trials | epochs per report | reports | rows | reports/s | driver CPU ms per report "
+            "| table | MLflow | trials | epochs per report | reports | rows | reports/s | driver CPU ms per report (MLflow's) "
             "| writer ms per report | longest loop turn s (p99) | Parquet flush ms: mean / max "
             "| Tune snapshot ms: mean / max (count) | Tune snapshot KB per trial | driver peak GB | every epoch once |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -256,7 +262,7 @@ def driver_block(doc: dict[str, Any]) -> str:
             f"| {'one file, rewritten whole' if r['table'] == 'baseline' else 'a part per trial'} | {r['mlflow']} "
             f"| {_n(r['trials'])} "
             f"| {r['epochs_per_report']} | {_n(r['reports'])} | {_n(r['rows'])} | {r['reports_per_s']:.1f} "
-            f"| {1e3 * r['cpu_s_per_report']:.1f} | {1e3 * r['writer_s_per_report']:.1f} "
+            f"| {1e3 * r['cpu_s_per_report']:.1f}{_mlflow_cpu(r)} | {1e3 * r['writer_s_per_report']:.1f} "
             f"| {r['max_step_s']:.2f} ({r['p99_step_s']:.2f}) | {1e3 * f['mean_s']:.1f} / {1e3 * f['max_s']:.0f} "
             f"| {1e3 * s['mean_s']:.0f} / {1e3 * s['max_s']:.0f} ({s['count']}) "
             f"| {num_or_dash(r.get('tune_state_kb_per_trial'))} | {r['peak_rss_gb']:.2f} "

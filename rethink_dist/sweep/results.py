@@ -72,6 +72,7 @@ class MlflowLane:
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
         self.busy_s = 0.0  # time spent in calls (bench/driver.py reports it)
+        self.cpu_s = 0.0  # this thread's CPU time in them
         self.longest = 0  # the most calls that were waiting at once
 
     def submit(self, call) -> None:
@@ -85,7 +86,7 @@ class MlflowLane:
     def _serve(self) -> None:
         while True:
             call = self.calls.get()
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.thread_time()
             try:
                 call()
             except BaseException as e:  # a call's own failures are handled inside it; this is a bug's
@@ -93,6 +94,7 @@ class MlflowLane:
                       file=sys.stderr, flush=True)
             finally:
                 self.busy_s += time.perf_counter() - t
+                self.cpu_s += time.thread_time() - cpu
                 self.calls.task_done()
 
     def drain(self) -> None:
