@@ -279,3 +279,24 @@ def test_the_factor_kept_apart_from_k_gives_the_same_solve():
     apart = kn.solve_min_norm(F, Y, "rbf", gamma, 0.0, 128, 1e9, keep_k_apart=True)
     assert inplace.converged and apart.converged and inplace.shift == apart.shift > 0
     assert float((inplace.alpha - apart.alpha).abs().max()) <= 1e-4 * float(inplace.alpha.abs().max())
+
+
+def test_a_big_solve_says_where_it_is_and_a_small_one_stays_silent(capsys):
+    """Progress lines (rethink_dist/theory/kernel.py, Progress): each step of the solve, on stderr,
+    when asked for (by default from n = 20,000 rows on); none for a small solve by default."""
+    from rethink_dist.data import load
+
+    ds = load("digits")
+    F = kn.raw_features(ds.train_x[:600], torch.float32)
+    Y = torch.nn.functional.one_hot(torch.from_numpy(ds.train_y[:600]), 10).float()
+    kn.interpolate(F, Y, kernel="rbf")
+    assert capsys.readouterr().err == ""
+    loud = kn.Progress(len(F), enabled=True)
+    fit = kn.interpolate(F, Y, kernel="rbf", progress=loud)
+    assert fit.solution.converged
+    err = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("rethink-dist kernel: [") for line in err)
+    text = "\n".join(err)
+    for step in ("the Gram matrix: 600 x 600 float32", "factoring K + ", "factored",
+                 "conjugate gradients: refinement 1 ends at iteration"):
+        assert step in text, (step, text)

@@ -139,13 +139,16 @@ def run_kernel(params: Mapping[str, Any]) -> dict[str, Any]:
         Y = torch.cat([Y] + [torch.nn.functional.one_hot(torch.from_numpy(y), ds.num_classes).to(device, dtype)
                              for _, y, _ in extra], dim=1)
     budget = p["memory_gb"] * 2**30 if p["memory_gb"] is not None else None
+    progress = kn.Progress(n)
     try:
         fitted = kn.interpolate(F_tr, Y, kernel=p["kernel"], gamma=p["gamma"], ridge=p["ridge"], budget_bytes=budget,
-                                block=p["block_size"], n_query=len(F_te), tol=p["tol"], max_iter=p["max_iter"])
+                                block=p["block_size"], n_query=len(F_te), tol=p["tol"], max_iter=p["max_iter"],
+                                progress=progress)
     except kn.KernelMemoryError as e:
         raise ConfigError(str(e)) from None
     t1 = time.perf_counter()
-    test_pred = kn.predict(F_te, F_tr, fitted.alpha, p["kernel"], fitted.gamma, kn.wide_block(fitted.block, n))
+    test_pred = kn.predict(F_te, F_tr, fitted.alpha, p["kernel"], fitted.gamma, kn.wide_block(fitted.block, n),
+                           progress=progress)
     predict_seconds = fitted.predict_seconds + time.perf_counter() - t1
     k = ds.num_classes
     test_labels = torch.from_numpy(arrays.test_y).to(device)

@@ -47,6 +47,7 @@ the linear kernel's SVD route (torch's CUDA Cholesky clears the triangle that ho
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -131,7 +132,30 @@ def kernel_block(Fq: torch.Tensor, Ft: torch.Tensor, sq_q: torch.Tensor, sq_t: t
     return blk
 
 
-def gram_lower(F: torch.Tensor, kernel: str, gamma: float, block: int, out: torch.Tensor | None = None) -> torch.Tensor:
+class Progress:
+    """Lines on stderr while a big solve runs (n >= PROGRESS_N: minutes to an hour on a CPU), at most
+    one every EVERY_S seconds but for a step's start and end; a small one stays silent."""
+
+    PROGRESS_N = 20_000
+    EVERY_S = 30.0
+
+    def __init__(self, n: int, enabled: bool | None = None) -> None:
+        self.on = n >= self.PROGRESS_N if enabled is None else enabled
+        self.t0 = self.last = time.perf_counter()
+
+    def say(self, text: str, step: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.on or (not step and now - self.last < self.EVERY_S):
+            return
+        self.last = now
+        print(f"rethink-dist kernel: [{now - self.t0:5.0f} s] {text}", file=sys.stderr, flush=True)
+
+
+QUIET = Progress(0, enabled=False)
+
+
+def gram_lower(F: torch.Tensor, kernel: str, gamma: float, block: int, out: torch.Tensor | None = None,
+               progress: Progress = QUIET) -> torch.Tensor:
     """The lower triangle (and diagonal) of K = k(F, F), by row blocks; the upper part is left unset.
 
     The diagonal of the rbf and Laplacian kernels is set to its exact value 1: computed as
@@ -141,16 +165,19 @@ def gram_lower(F: torch.Tensor, kernel: str, gamma: float, block: int, out: torc
     n = len(F)
     K = out if out is not None else torch.empty(n, n, dtype=F.dtype, device=F.device)
     sq = (F * F).sum(dim=1)
+    progress.say(f"the Gram matrix: {n:,} x {n:,} {str(F.dtype)[6:]} ({_size(K.numel() * K.element_size())}), "
+                 f"in {-(-n // block)} blocks of rows", step=True)
     for i0 in range(0, n, block):
         i1 = min(n, i0 + block)
         K[i0:i1, :i1] = kernel_block(F[i0:i1], F[:i1], sq[i0:i1], sq[:i1], kernel, gamma)
+        progress.say(f"the Gram matrix: {i1:,} of {n:,} rows")
     if kernel != "linear":
         K.diagonal().fill_(1.0)
     return K
 
 
 def predict(Fq: torch.Tensor, Ft: torch.Tensor, alpha: torch.Tensor, kernel: str, gamma: float, block: int,
-            same: bool = False) -> torch.Tensor:
+            same: bool = False, progress: Progress = QUIET) -> torch.Tensor:
     """k(Fq, Ft) @ alpha, by row blocks of Fq, in alpha's dtype (the features are converted to it).
     ``same``: Fq is Ft, whose kernel diagonal is set exactly (as :func:`gram_lower` does)."""
     Fq, Ft = Fq.to(alpha.dtype), Ft.to(alpha.dtype)
@@ -162,6 +189,7 @@ def predict(Fq: torch.Tensor, Ft: torch.Tensor, alpha: torch.Tensor, kernel: str
         if same and kernel != "linear":
             blk[:, i0 : i0 + len(q)].diagonal().fill_(1.0)
         out[i0 : i0 + len(q)] = blk @ alpha
+        progress.say(f"predicting {i0 + len(q):,} of {len(Fq):,} {'training' if same else 'query'} samples")
     return out
 
 
@@ -350,7 +378,8 @@ def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: float, max_iter: int,
-        inner_reduction: float = 1e-2, max_outer: int = 8, L: torch.Tensor | None = None):
+        inner_reduction: float = 1e-2, max_outer: int = 8, L: torch.Tensor | None = None,
+        progress: Progress = QUIET):
     """K alpha = Y by mixed-precision iterative refinement: the residual R = Y - K alpha with float64
     accumulation (:func:`sym_matvec64`), then the correction K d = R by preconditioned conjugate
     gradients (each column its own CG, run side by side; float64 vectors, products with K in A's
@@ -402,6 +431,8 @@ def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: f
             if bool((cin <= target).all()):
                 break
             worst = float(cin.max())
+            progress.say(f"conjugate gradients: refinement {outer}, iteration {it}, max residual {worst:.3g} "
+                         f"(this step's target {float(target.max()):.3g})")
             if worst < best:
                 best, since = worst, 0
             else:
@@ -414,6 +445,8 @@ def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: f
             rz = rz_new
         X += D
         R_new = Y - sym_matvec64(A, diag, X, block)
+        progress.say(f"conjugate gradients: refinement {outer} ends at iteration {it}, float64 max residual "
+                     f"{float(R_new.abs().max()):.3g} (tolerance {tol:g})", step=True)
         if float(R_new.abs().max()) >= res:  # the correction made it worse: keep the better alpha, stop
             X -= D
             break
@@ -439,7 +472,7 @@ def left_singular(F: torch.Tensor, via_qr: bool) -> tuple[torch.Tensor, torch.Te
 
 
 def factor_shifted(A: torch.Tensor, diag: torch.Tensor, block: int, attempts: int = 4,
-                   target: torch.Tensor | None = None) -> tuple[float, list[str]]:
+                   target: torch.Tensor | None = None, progress: Progress = QUIET) -> tuple[float, list[str]]:
     """Factor K + shift I in A's lower triangle (A's strictly upper triangle holds K, ``diag`` its
     diagonal), starting from shift = SHIFT_EPS_UNITS * eps * lambda_max and multiplying it by 10 after
     each failed factorization (the lower triangle is restored from the upper one in between).
@@ -459,11 +492,15 @@ def factor_shifted(A: torch.Tensor, diag: torch.Tensor, block: int, attempts: in
             restore_lower(A, diag, block)
         M = A if target is None else target
         M.diagonal().copy_(diag + shift)
+        progress.say(f"factoring K + {shift:.3g} I: one {str(A.dtype)[6:]} Cholesky of {n:,} rows "
+                     f"({n**3 / 3e12:.1f} TFLOP)", step=True)
         info = cholesky_inplace(M)
         if info == 0:
             said.append(f"K + {shift:.3g} I factored")
+            progress.say(said[-1], step=True)
             return shift, said
         said.append(f"K + {shift:.3g} I met a non-positive pivot at row {info} of {n}")
+        progress.say(said[-1], step=True)
     raise KernelNotInterpolated(
         f"no Cholesky factorization of K + shift I in {str(A.dtype)[6:]} up to shift {shifts[-1]:.3g} "
         f"(eps * lambda_max = {eps * lam:.3g}): {'; '.join(said)}")
@@ -475,7 +512,7 @@ class KernelNotInterpolated(RuntimeError):
 
 def solve_min_norm(
     F: torch.Tensor, Y: torch.Tensor, kernel: str, gamma: float, ridge: float, block: int, budget_bytes: float,
-    tol: float = TOL, max_iter: int = MAX_ITER, keep_k_apart: bool | None = None,
+    tol: float = TOL, max_iter: int = MAX_ITER, keep_k_apart: bool | None = None, progress: Progress = QUIET,
 ) -> Solution:
     """alpha with (K + ridge I) alpha = Y (see the module docstring).
 
@@ -494,19 +531,19 @@ def solve_min_norm(
                         f"unless Y lies in its range; least squares K^+ Y, singular values of F kept above "
                         f"max(n, D) * eps * the largest")
     t0 = time.perf_counter()
-    A = gram_lower(F, kernel, gamma, block)
+    A = gram_lower(F, kernel, gamma, block, progress=progress)
     mirror_lower(A, block)
     diag = A.diagonal().to(torch.float64) + ridge
     t1 = time.perf_counter()
     apart = (F.device.type != "cpu") if keep_k_apart is None else keep_k_apart
     L = torch.empty_like(A) if apart else None
     try:
-        shift, said = factor_shifted(A, diag, block, target=L)
+        shift, said = factor_shifted(A, diag, block, target=L, progress=progress)
     except KernelNotInterpolated as e:
         return Solution(torch.zeros_like(Y), "cholesky_pcg", False, None, str(e), converged=False,
                         stored_max_residual=float(Y.abs().max()), iterations=0, factor_attempts=[str(e)])
     t2 = time.perf_counter()
-    alpha, iters, res, first, outer = pcg(A, diag, Y, wide_block(block, n), tol, max_iter, L=L)
+    alpha, iters, res, first, outer = pcg(A, diag, Y, wide_block(block, n), tol, max_iter, L=L, progress=progress)
     # the same residual with the products in A's dtype: what a solver without float64 accumulation would see
     res_narrow = float((Y.to(A.dtype) - sym_matvec(A, diag, alpha, wide_block(block, n), wide=False)).abs().max())
     del A, L
@@ -608,9 +645,11 @@ def interpolate(
     n_query: int = 0,
     tol: float = TOL,
     max_iter: int = MAX_ITER,
+    progress: Progress | None = None,
 ) -> KernelFit:
     """Solve for alpha on features F (n x D) and targets Y (n x k); recompute (K + ridge I) alpha in
-    float64 from the features (not from the stored Gram matrix) and the norm."""
+    float64 from the features (not from the stored Gram matrix) and the norm. ``progress``: where the
+    lines of a long solve go (default: stderr when n >= Progress.PROGRESS_N)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r} is not valid; valid: {', '.join(KERNELS)}")
     n, dim = F.shape
@@ -618,13 +657,15 @@ def interpolate(
     budget = budget_bytes if budget_bytes is not None else 0.8 * available_bytes(F.device)
     blk = plan_block(n, n_query, dim, F.element_size(), budget, block, forms_k=not solves_by_svd(kernel, ridge, n, dim),
                      copies=1 if F.device.type == "cpu" else 2)
+    progress = Progress(n) if progress is None else progress
     t0 = time.perf_counter()
-    sol = solve_min_norm(F, Y.to(F.dtype), kernel, gamma, ridge, blk, budget, tol=tol, max_iter=max_iter)
+    sol = solve_min_norm(F, Y.to(F.dtype), kernel, gamma, ridge, blk, budget, tol=tol, max_iter=max_iter,
+                         progress=progress)
     if F.device.type == "cuda":
         torch.cuda.synchronize(F.device)
     t1 = time.perf_counter()
     alpha = sol.alpha.to(torch.float64)
-    train_pred = predict(F, F, alpha, kernel, gamma, wide_block(blk, n), same=True)
+    train_pred = predict(F, F, alpha, kernel, gamma, wide_block(blk, n), same=True, progress=progress)
     if ridge:
         train_pred += ridge * alpha
     norm = math.sqrt(max(0.0, float((alpha * (train_pred - ridge * alpha)).sum())))
