@@ -202,10 +202,10 @@ class ResultsWriter:
     RETRY_SECONDS = 60.0  # after an MLflow failure, try again at most this often (at a trial's end)
 
     def _mlflow(self, what: str, fn, *args, then=None, retry: bool = False, **kwargs) -> None:
-        """One MLflow step, run in the lane; ``then(result)`` after it succeeds, there too. When it
-        fails, say so once and go on without MLflow: the trials keep training, their rows still reach
-        Parquet, and their runs are back-filled from the checkpoints when MLflow answers again (a
-        trial's end (``retry``), the sweep's end, or ``--resume``)."""
+        """One MLflow step, run in the lane; then ``then(result)``, there too (``then(None)`` when MLflow
+        failed or is down). When it fails, say so once and go on without MLflow: the trials keep
+        training, their rows still reach Parquet, and their runs are back-filled from the checkpoints
+        when MLflow answers again (a trial's end (``retry``), the sweep's end, or ``--resume``)."""
         if self.tracking is None:
             return
 

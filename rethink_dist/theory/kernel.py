@@ -445,9 +445,10 @@ def pcg(A: torch.Tensor, diag: torch.Tensor, Y: torch.Tensor, block: int, tol: f
             rz = rz_new
         X += D
         R_new = Y - sym_matvec64(A, diag, X, block)
+        res_new = float(R_new.abs().max())
         progress.say(f"conjugate gradients: refinement {outer} ends at iteration {it}, float64 max residual "
-                     f"{float(R_new.abs().max()):.3g} (tolerance {tol:g})", step=True)
-        if float(R_new.abs().max()) >= res:  # the correction made it worse: keep the better alpha, stop
+                     f"{res_new:.3g} (tolerance {tol:g})", step=True)
+        if res_new >= res:  # the correction made it worse: keep the better alpha, stop
             X -= D
             break
         R = R_new
