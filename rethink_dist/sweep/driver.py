@@ -29,6 +29,7 @@ from rethink_dist.files import storage_error, write_json_atomic
 from rethink_dist.parquet import ResultsTable, sweep_schema, trial_index
 from rethink_dist.records import HISTORY_FILE, STATE_FILE
 from rethink_dist.sweep.address import explicit_address, probe_ray_address
+from rethink_dist.sweep.feed import pending_trials_env, trial_feed
 from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import Sweep, TrialSpec
 from rethink_dist.sweep.space import SpaceWatch, check_fits, estimate
@@ -229,7 +230,8 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         with job_dir, opened["table"].live(), writer.live():
             tuner, todo = _tuner(sweep, place, opened["table"], writer, max_concurrent, max_failures, report_seconds,
                                  verbose)
-            grid = _fit(tuner, writer)
+            with pending_trials_env(max_concurrent):
+                grid = _fit(tuner, writer)
             writer.retry_mlflow_now()  # back-fill what an MLflow outage left out
             errors, unfinished = _tally(grid, todo, writer, opened["table"])
         status = "FAILED" if errors else "KILLED" if unfinished else "FINISHED"
@@ -390,8 +392,10 @@ def _tuner(sweep: Sweep, place: _Place, table: ResultsTable, writer: ResultsWrit
             except Exception as e:  # a damaged experiment state (JSONDecodeError, KeyError 'spec', ...)
                 rebuild = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     ctx: dict[str, Any] = {"report_seconds": report_seconds}
+    per_trial: dict[str, dict[str, Any]] = {}
     if rebuild:
-        todo, ctx["resume_from"] = _rebuild_plan(sweep, table, place.tune_dir, rebuild)
+        todo, resume_from = _rebuild_plan(sweep, table, place.tune_dir, rebuild)
+        per_trial = {tid: {"resume_from": folders} for tid, folders in resume_from.items()}
     run_config = tune.RunConfig(
         name="tune", storage_path=place.tune_storage,
         failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -405,11 +409,14 @@ def _tuner(sweep: Sweep, place: _Place, table: ResultsTable, writer: ResultsWrit
         ),
     )
     # A trial's actor (its process, with torch imported) runs the next trial that asks for the same
-    # resources instead of a fresh process per trial.
+    # resources instead of a fresh process per trial. The trials come one at a time from the list
+    # (rethink_dist/sweep/feed.py: a grid over the list costs O(trials^2) before the first one starts).
     tuner = tune.Tuner(
-        fn, param_space={"spec": tune.grid_search([s.to_dict() for s in todo]), "ctx": ctx}, run_config=run_config,
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        fn, param_space={}, run_config=run_config,
+        tune_config=tune.TuneConfig(search_alg=trial_feed([s.to_dict() for s in todo], ctx, per_trial),
+                                    num_samples=max(1, len(todo)), max_concurrent_trials=max_concurrent,
+                                    reuse_actors=True, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
     )
     return tuner, todo
 

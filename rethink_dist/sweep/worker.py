@@ -144,8 +144,10 @@ def trainable(config: dict[str, Any]) -> None:
         from rethink_dist.sweep.ddp import run_ddp_trial  # torch.distributed: only in data-parallel trials
 
         return run_ddp_trial(spec)
-    return _network_trial(spec, float(ctx.get("report_seconds", REPORT_SECONDS)),
-                          (ctx.get("resume_from") or {}).get(spec["trial_id"], []))
+    resume_from = ctx.get("resume_from") or []  # this trial's folders (a dict by trial id before the feed)
+    if isinstance(resume_from, dict):
+        resume_from = resume_from.get(spec["trial_id"], [])
+    return _network_trial(spec, float(ctx.get("report_seconds", REPORT_SECONDS)), resume_from)
 
 
 def _network_trial(spec: dict[str, Any], report_seconds: float, resume_from: list[str] = ()) -> None:
