@@ -12,7 +12,8 @@ report, no torch) of ``--epochs`` epochs each, and prints, as JSON, per size:
 - ``mlflow``: the MLflow client calls the writer made (count by method), their seconds, the values
   they carried (metrics, params, tags), values per second, and their share of the time the writer's
   MLflow thread was busy (``lane_busy_s``; that thread, not Tune's loop, waits for MLflow), and the
-  most calls that waited in it at once (``lane_longest``);
+  most calls that waited in it at once (``lane_longest``) and the most epochs they carried
+  (``lane_heaviest``: the lane's bound, MlflowLane.LIMIT, is in those);
 - ``reports_per_s``: reports over the wall time from Tune's first step to the sweep's end;
 - ``max_step_s``: the longest turn of Tune's event loop (one event handled, callbacks included:
   a long turn holds back every other trial's report), and the 99th percentile;
@@ -186,6 +187,7 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
                        "values_per_s": round(values[0] / max(sum(sum(v) for v in mlflow_calls.values()), 1e-9)),
                        "lane_busy_s": round(sum(lane.busy_s for lane in lanes), 2),
                        "lane_longest": max((lane.longest for lane in lanes), default=0),
+                       "lane_heaviest": max((getattr(lane, "heaviest", 0) for lane in lanes), default=0),
                        "share_of_lane": round(sum(sum(v) for v in mlflow_calls.values())
                                               / max(sum(lane.busy_s for lane in lanes), 1e-9), 2)},
             "reconcile_s_per_trial": round(sum(reconcile_s) / max(n, 1), 5),

@@ -245,7 +245,9 @@ def _mlflow_share(m: dict) -> str:
     """MLflow's share of the time it took: of the writer's own time (runs before the MLflow calls had
     a thread of their own), or of that thread's busy time."""
     if "share_of_lane" in m:
-        return f"{m['share_of_lane']:.0%} of the MLflow thread's busy time (at most {_n(m['lane_longest'])} calls waiting)"
+        held = f", {_n(m['lane_heaviest'])} epochs" if m.get("lane_heaviest") else ""
+        return (f"{m['share_of_lane']:.0%} of the MLflow thread's busy time (at most {_n(m['lane_longest'])} calls "
+                f"waiting{held})")
     return f"{m['share_of_writer']:.0%} of the writer's time"
 
 

@@ -1,6 +1,7 @@
 """The writer's MLflow thread (rethink_dist/sweep/results.py, MlflowLane): calls run in the order they
 were asked for, off the caller's thread; drain() waits for all of them; a call that raises does not
-stop the ones after it; a full lane makes the caller wait (back-pressure, nothing dropped)."""
+stop the ones after it; a full lane (by the epochs its calls carry) makes the caller wait
+(back-pressure, nothing dropped)."""
 
 from __future__ import annotations
 
@@ -53,15 +54,64 @@ def test_a_full_lane_makes_the_caller_wait_and_drops_nothing():
         done.set()
 
     threading.Thread(target=submit_more, daemon=True).start()
-    assert not done.wait(0.5), "five calls went into a lane of two while it was held"
+    assert not done.wait(0.5), "five calls went into a lane of weight two while it was held"
     gate.set()
     assert done.wait(10)
     lane.drain()
     assert seen == [0, 1, 2, 3, 4]
-    assert lane.longest <= 2
+    assert lane.heaviest <= Small.LIMIT + 1  # the limit, and the one call that went in at it
 
 
 def test_drain_of_an_unused_lane_returns_at_once():
     t = time.perf_counter()
     MlflowLane().drain()
     assert time.perf_counter() - t < 0.5
+
+
+def test_what_waits_is_bounded_by_the_epochs_it_carries_not_by_the_count_of_calls():
+    """Memory held for a slow MLflow: calls that carry many epochs fill the lane sooner than empty ones,
+    so the epochs waiting stay within LIMIT plus one call's worth, whatever the sweep's size."""
+    class Small(MlflowLane):
+        LIMIT = 100
+
+    lane, seen, waiting = Small(), [], []
+
+    def call(i):
+        time.sleep(0.01)
+        seen.append(i)
+
+    for i in range(40):  # 40 reports of 30 epochs each: 1,240 of weight if nothing held the caller back
+        lane.submit(lambda i=i: call(i), weight=31)
+        waiting.append(lane.weight)
+    lane.drain()
+    assert seen == list(range(40))
+    assert max(waiting) <= Small.LIMIT + 31 and lane.heaviest <= Small.LIMIT + 31
+    assert lane.weight == 0
+    # ... and calls that carry nothing are not held back by a count far below the limit
+    light, gate, done = Small(), threading.Event(), threading.Event()
+    light.submit(gate.wait)  # held: nothing leaves the lane until the gate opens
+
+    def submit_light():
+        for i in range(90):
+            light.submit(lambda: None)
+        done.set()
+
+    threading.Thread(target=submit_light, daemon=True).start()
+    assert done.wait(30), "light calls were held back below the lane's weight limit"
+    gate.set()
+    light.drain()
+
+
+def test_a_call_made_from_the_lane_itself_never_waits_for_room():
+    class Small(MlflowLane):
+        LIMIT = 1
+
+    lane, seen = Small(), []
+
+    def nested():
+        for i in range(5):  # the lane is over its limit here, and only this thread can empty it
+            lane.submit(lambda i=i: seen.append(i), weight=10)
+
+    lane.submit(nested, weight=10)
+    lane.drain()
+    assert seen == [0, 1, 2, 3, 4]

@@ -62,30 +62,50 @@ _NOT_FOR_TUNE = ("records", "meta") + tuple(k for k in RECORD_KEYS if k not in T
 
 
 class MlflowLane:
-    """One thread that runs the writer's MLflow calls in order, off Tune's event loop."""
+    """One thread that runs the writer's MLflow calls in order, off Tune's event loop.
 
-    LIMIT = 10_000  # calls waiting at most; a full lane makes the caller wait (back-pressure)
-    SAY_AFTER_S = 5.0  # drain(): a line when waiting for MLflow takes longer than this
+    What waits in it is bounded by weight, not by count: a call weighs 1 plus the epochs it carries
+    (a report's epochs, a closing trial's history), so that the memory held for a slow MLflow stays
+    bounded (about LIMIT epochs, a few KB each) at any sweep size. Past the limit the caller waits
+    until the thread has taken calls off (back-pressure: one call's time, nothing dropped)."""
+
+    LIMIT = 10_000  # epochs (and calls) waiting at most; beyond it the caller waits
+    SAY_AFTER_S = 5.0  # drain(), or a caller kept waiting: a line when waiting for MLflow takes longer
 
     def __init__(self) -> None:
-        self.calls: queue.Queue = queue.Queue(maxsize=self.LIMIT)
+        self.calls: queue.Queue = queue.Queue()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
+        self.room = threading.Condition()
+        self.weight = 0  # what waits in the lane now (calls + their epochs)
+        self.heaviest = 0  # the most that waited at once (bench/driver.py reports it)
         self.busy_s = 0.0  # time spent in calls (bench/driver.py reports it)
         self.cpu_s = 0.0  # this thread's CPU time in them
         self.longest = 0  # the most calls that were waiting at once
+        self.said_full = False
 
-    def submit(self, call) -> None:
+    def submit(self, call, weight: int = 1) -> None:
         with self.lock:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._serve, name="rethink-mlflow", daemon=True)
                 self.thread.start()
-        self.calls.put(call)
+        with self.room:
+            t = time.monotonic()
+            # A call made from the lane itself never waits (it would wait for itself).
+            while self.weight > self.LIMIT and threading.current_thread() is not self.thread:
+                self.room.wait(timeout=1.0)
+                if not self.said_full and time.monotonic() - t > self.SAY_AFTER_S:
+                    self.said_full = True
+                    print(f"rethink-dist: MLflow is behind ({self.calls.qsize()} writes, {self.weight} epochs "
+                          "waiting); the sweep waits for it", file=sys.stderr, flush=True)
+            self.weight += weight
+            self.heaviest = max(self.heaviest, self.weight)
+        self.calls.put((call, weight))
         self.longest = max(self.longest, self.calls.qsize())
 
     def _serve(self) -> None:
         while True:
-            call = self.calls.get()
+            call, weight = self.calls.get()
             t, cpu = time.perf_counter(), time.thread_time()
             try:
                 call()
@@ -95,6 +115,9 @@ class MlflowLane:
             finally:
                 self.busy_s += time.perf_counter() - t
                 self.cpu_s += time.thread_time() - cpu
+                with self.room:
+                    self.weight -= weight
+                    self.room.notify_all()
                 self.calls.task_done()
 
     def drain(self) -> None:
@@ -229,7 +252,8 @@ class ResultsWriter:
             if then is not None:
                 then(out)
 
-        self.lane.submit(call)
+        # Its weight: the epochs it carries (a report's records, a trial's history and rows).
+        self.lane.submit(call, 1 + sum(len(a) for a in args if isinstance(a, list)))
 
     def retry_mlflow_now(self) -> None:
         """Try MLflow again (after an outage) from the next step in the lane."""
