@@ -20,8 +20,8 @@ Sections (RETHINK_MEMORIZATION_SECTIONS=a,b; default: digits):
 - fashion (when asked): MLP 1x512 on Fashion-MNIST's 60,000 images (gray input, data.channels = 1),
   the same two settings, at most RETHINK_MEMORIZATION_FASHION_EPOCHS epochs (default 60; the
   fraction fitted is in each trial's rows): RETHINK_MEMORIZATION_FASHION_K trials per setting
-  (default 8; not yet timed on a 2-core machine, where each trial trains on 42,000 images; a GPU
-  cluster runs hundreds).
+  (default 8: 65 minutes on a 2-core machine, other work beside it, for 16 trials on 42,000 images
+  each; too few for single-sample scores, docs/results/memorization.md; a GPU cluster runs hundreds).
 
 Each choice of sections is its own sweep: "memorization" (digits, the default),
 "memorization-fashion" (RETHINK_MEMORIZATION_SECTIONS=fashion), "memorization-digits-fashion" (both).

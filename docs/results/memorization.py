@@ -40,6 +40,29 @@ def _shown(folder: Path) -> str:
     return str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder)
 
 
+SE_FOR_SAMPLES = 0.15  # a median standard error of mem above this: the estimates tell groups apart, not samples
+
+
+def _caveats(settings, lowest_train_acc: float) -> list[str]:
+    """What the table's own numbers say about how far to read it (from the numbers, not typed)."""
+    out = []
+    worst = max((s.summary for s in settings), key=lambda r: r["median_mem_se"], default=None)
+    if worst is not None and worst["median_mem_se"] > SE_FOR_SAMPLES:
+        out.append(
+            f"With {worst['trials']} trials per setting the median standard error of mem is "
+            f"{worst['median_mem_se']:.3f}, and some samples are held by every trial or by none (min "
+            f"{worst['min_trials_in']} / {worst['min_trials_out']} above): the scores separate the corrupted "
+            f"samples from the clean ones as groups (the AUC), but a single sample's score, and the influences "
+            f"of the third figure (each from the few trials that left a sample out), are too coarse to read one "
+            f"by one; more trials per setting (the K variables of sweeps/memorization.py) narrow them as 1/sqrt(K).")
+    if lowest_train_acc < 0.99:
+        out.append(
+            f"Not every trial fitted its training subset within its epoch budget (final training accuracy "
+            f"{lowest_train_acc:.4f} at the lowest): a corrupted sample not yet memorized scores near 0, so "
+            f"the corrupted group's scores are lower than a fitted network's would be.")
+    return ["", *(f"{c}\n" for c in out)] if out else []
+
+
 def section(folder: Path, figs: Path, fig_rel: str, level: str) -> list[str]:
     """A sweep's measured lines: what ran, the estimates' table, its report's memorization figures."""
     import numpy as np
@@ -80,6 +103,7 @@ def section(folder: Path, figs: Path, fig_rel: str, level: str) -> list[str]:
             f"| {fmt(row.get('auc_corrupted'))} | {fmt(row.get('corrupted_in_top'))} |")
     lines += [f"| {r['setting']} | {r['trials']} of {r['planned']} | — | — | — | — | — | — | — | — |"
               for r in summary if r.get("note")]
+    lines += _caveats(settings, fitted.min())
     lines += ["", f"From the sweep's report (`rethink-dist report {_shown(folder)}`, [docs/report.md](../report.md)).", ""]
     captions = {f.id: f for f in report.figures}
     for fid in FIGURES:
