@@ -13,7 +13,8 @@ report, no torch) of ``--epochs`` epochs each, and prints, as JSON, per size:
   they carried (metrics, params, tags), values per second, and their share of the time the writer's
   MLflow thread was busy (``lane_busy_s``; that thread, not Tune's loop, waits for MLflow), and the
   most calls that waited in it at once (``lane_longest``) and the most epochs they carried
-  (``lane_heaviest``: the lane's bound, MlflowLane.LIMIT, is in those);
+  (``lane_heaviest``: the lane's bound, MlflowLane.LIMIT, is in those), and the reports whose live
+  epochs were left to their trial's end because the lane was full (``lane_dropped``);
 - ``reports_per_s``: reports over the wall time from Tune's first step to the sweep's end;
 - ``max_step_s``: the longest turn of Tune's event loop (one event handled, callbacks included:
   a long turn holds back every other trial's report), and the 99th percentile;
@@ -145,8 +146,8 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
     lanes: list = []
     inner_lane = results.MlflowLane.__init__
 
-    def lane_init(self):
-        inner_lane(self)
+    def lane_init(self, *a, **kw):
+        inner_lane(self, *a, **kw)
         lanes.append(self)
 
     results.MlflowLane.__init__ = lane_init
@@ -188,6 +189,7 @@ def child(n: int, epochs: int, per_report: int, max_concurrent: int | None, mlfl
                        "lane_busy_s": round(sum(lane.busy_s for lane in lanes), 2),
                        "lane_longest": max((lane.longest for lane in lanes), default=0),
                        "lane_heaviest": max((getattr(lane, "heaviest", 0) for lane in lanes), default=0),
+                       "lane_dropped": sum(getattr(lane, "dropped", 0) for lane in lanes),
                        "share_of_lane": round(sum(sum(v) for v in mlflow_calls.values())
                                               / max(sum(lane.busy_s for lane in lanes), 1e-9), 2)},
             "reconcile_s_per_trial": round(sum(reconcile_s) / max(n, 1), 5),

@@ -33,7 +33,7 @@ from rethink_dist.sweep.feed import pending_trials_env, trial_feed
 from rethink_dist.sweep.lease import Lease
 from rethink_dist.sweep.plan import Sweep, TrialSpec
 from rethink_dist.sweep.space import SpaceWatch, check_fits, estimate
-from rethink_dist.sweep.results import TUNE_TABLE, ResultsWriter, read_checkpoint_json, slimming_callback
+from rethink_dist.sweep.results import TUNE_TABLE, MlflowLane, ResultsWriter, read_checkpoint_json, slimming_callback
 from rethink_dist.sweep.worker import REPORT_SECONDS, trainable
 from rethink_dist.tracking import (check_reachable, default_artifact_location, default_tracking_uri, ensure_experiment,
                                    ensure_parent_run)
@@ -213,6 +213,7 @@ def run_sweep(sweep: Sweep, storage: str = DEFAULT_STORAGE, tracking_uri: str | 
         probe_ray_address(*given)
     tracking_uri = tracking_uri or default_tracking_uri(storage)
     check_reachable(tracking_uri)  # before anything is written or Ray starts
+    MlflowLane.limit_from_env()  # a bad $RETHINK_MLFLOW_LANE_EPOCHS, refused as early
     place = _place(sweep, storage, results_dir, resume)
     need = _check_space(sweep, place, storage, max_concurrent)
     flats = {s.trial_id: s.flat() for s in sweep.trials}

@@ -13,15 +13,18 @@ process that ends early is a line of faults.jsonl (:data:`FAULTS_FILE`). The dri
 The MLflow calls run, in the order they were asked for, on one thread of their own
 (:class:`MlflowLane`): Tune's event loop, which every trial's report waits on, does not wait for the
 MLflow store (a call takes tens of milliseconds on SQLite, more on a busy server, and a sweep makes a
-few per trial). The lane holds at most :data:`MlflowLane.LIMIT` calls; when MLflow falls that far
-behind, the loop waits for it (MLflow, not the driver, then sets the pace). :meth:`drain` waits for
-the lane; the sweep drains it before its end. A driver killed with calls in the lane loses only
-MLflow copies: the rows are in Parquet and the checkpoints, and ``--resume`` back-fills the runs.
+few per trial). The loop never waits for the lane either: what waits in it is bounded by the epochs
+its calls carry (:data:`MlflowLane.LIMIT`). When MLflow falls that far behind, a report's live
+epochs are not queued (its run gets them when the trial ends, from the checkpoint), and a closing
+trial's call carries its checkpoint, read again in the lane, instead of its history. :meth:`drain`
+waits for the lane; the sweep drains it before its end. A driver killed with calls in the lane loses
+only MLflow copies: the rows are in Parquet and the checkpoints, and ``--resume`` back-fills the runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -32,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rethink_dist.errors import SweepError
 from rethink_dist.files import STORAGE_WORDS, storage_error
 from rethink_dist.parquet import ResultsTable, write_sample_records
 from rethink_dist.records import (HISTORY_FILE, LAST_ERROR, META_FILE, PLACEMENT_KEYS, RECORD_KEYS, SAMPLES_DIR,
@@ -64,44 +68,67 @@ _NOT_FOR_TUNE = ("records", "meta") + tuple(k for k in RECORD_KEYS if k not in T
 class MlflowLane:
     """One thread that runs the writer's MLflow calls in order, off Tune's event loop.
 
-    What waits in it is bounded by weight, not by count: a call weighs 1 plus the epochs it carries
-    (a report's epochs, a closing trial's history), so that the memory held for a slow MLflow stays
-    bounded (about LIMIT epochs, a few KB each) at any sweep size. Past the limit the caller waits
-    until the thread has taken calls off (back-pressure: one call's time, nothing dropped)."""
+    ``submit`` never waits. What waits in the lane is counted by weight: a call weighs 1 plus the
+    epochs it carries (a report's epochs, a closing trial's history). A call marked ``droppable`` (a
+    report's live epochs, which the trial's end writes again from its checkpoint) is not queued
+    while the lane is over LIMIT; the others always are, and carry little when it is (see
+    :meth:`has_room`). So the memory held for a slow MLflow stays bounded (about LIMIT epochs, a few
+    KB each, plus a small call per trial) at any sweep size, and Tune's loop never waits for MLflow."""
 
-    LIMIT = 10_000  # epochs (and calls) waiting at most; beyond it the caller waits
-    SAY_AFTER_S = 5.0  # drain(), or a caller kept waiting: a line when waiting for MLflow takes longer
+    LIMIT = 10_000  # epochs (and calls) waiting, beyond which live epochs wait for the trial's end
+    LIMIT_ENV = "RETHINK_MLFLOW_LANE_EPOCHS"  # sets the limit for a sweep (limit_from_env)
+    SAY_AFTER_S = 5.0  # drain(): a line when waiting for MLflow takes longer
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit or self.LIMIT
         self.calls: queue.Queue = queue.Queue()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
-        self.room = threading.Condition()
         self.weight = 0  # what waits in the lane now (calls + their epochs)
         self.heaviest = 0  # the most that waited at once (bench/driver.py reports it)
+        self.dropped = 0  # live reports left to their trial's end while the lane was full
         self.busy_s = 0.0  # time spent in calls (bench/driver.py reports it)
         self.cpu_s = 0.0  # this thread's CPU time in them
         self.longest = 0  # the most calls that were waiting at once
         self.said_full = False
 
-    def submit(self, call, weight: int = 1) -> None:
+    @classmethod
+    def limit_from_env(cls) -> int:
+        """$RETHINK_MLFLOW_LANE_EPOCHS, else LIMIT; a value that is not a whole number > 0 is refused."""
+        text = os.environ.get(cls.LIMIT_ENV)
+        if text is None:
+            return cls.LIMIT
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise SweepError(f"${cls.LIMIT_ENV} must be a whole number of epochs > 0, got {text!r}")
+        return value
+
+    def has_room(self, weight: int) -> bool:
+        """Whether ``weight`` more fits under the limit now."""
+        return self.weight + weight <= self.limit
+
+    def submit(self, call, weight: int = 1, droppable: bool = False) -> bool:
+        """Queue ``call``; False (and not queued) when it is droppable and the lane is full."""
         with self.lock:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._serve, name="rethink-mlflow", daemon=True)
                 self.thread.start()
-        with self.room:
-            t = time.monotonic()
-            # A call made from the lane itself never waits (it would wait for itself).
-            while self.weight > self.LIMIT and threading.current_thread() is not self.thread:
-                self.room.wait(timeout=1.0)
-                if not self.said_full and time.monotonic() - t > self.SAY_AFTER_S:
+            if droppable and self.weight + weight > self.limit:
+                self.dropped += 1
+                if not self.said_full:
                     self.said_full = True
                     print(f"rethink-dist: MLflow is behind ({self.calls.qsize()} writes, {self.weight} epochs "
-                          "waiting); the sweep waits for it", file=sys.stderr, flush=True)
+                          "waiting); the trials' runs get their epochs when each trial ends", file=sys.stderr,
+                          flush=True)
+                return False
             self.weight += weight
             self.heaviest = max(self.heaviest, self.weight)
         self.calls.put((call, weight))
         self.longest = max(self.longest, self.calls.qsize())
+        return True
 
     def _serve(self) -> None:
         while True:
@@ -115,9 +142,8 @@ class MlflowLane:
             finally:
                 self.busy_s += time.perf_counter() - t
                 self.cpu_s += time.thread_time() - cpu
-                with self.room:
+                with self.lock:
                     self.weight -= weight
-                    self.room.notify_all()
                 self.calls.task_done()
 
     def drain(self) -> None:
@@ -153,7 +179,7 @@ class ResultsWriter:
         self.down_since: float | None = None  # when MLflow stopped answering (None: it answers)
         self.watch: SpaceWatch | None = None  # set by run_sweep for local storage
         self.storage_full: str | None = None  # the line that stopped the sweep for want of space
-        self.lane = MlflowLane()  # where every MLflow call runs
+        self.lane = MlflowLane(MlflowLane.limit_from_env())  # where every MLflow call runs
         self.closing: set[str] = set()  # trials whose run's closing is in the lane
 
     # Tune pickles its callbacks with the experiment state (every few seconds) and unpickles them on
@@ -224,7 +250,8 @@ class ResultsWriter:
 
     RETRY_SECONDS = 60.0  # after an MLflow failure, try again at most this often (at a trial's end)
 
-    def _mlflow(self, what: str, fn, *args, then=None, retry: bool = False, **kwargs) -> None:
+    def _mlflow(self, what: str, fn, *args, then=None, retry: bool = False, droppable: bool = False,
+                **kwargs) -> None:
         """One MLflow step, run in the lane; then ``then(result)``, there too (``then(None)`` when MLflow
         failed or is down). When it fails, say so once and go on without MLflow: the trials keep
         training, their rows still reach Parquet, and their runs are back-filled from the checkpoints
@@ -252,8 +279,8 @@ class ResultsWriter:
             if then is not None:
                 then(out)
 
-        # Its weight: the epochs it carries (a report's records, a trial's history and rows).
-        self.lane.submit(call, 1 + sum(len(a) for a in args if isinstance(a, list)))
+        # Its weight: the epochs it carries (a report's records, a trial's history or rows).
+        self.lane.submit(call, 1 + sum(len(a) for a in args if isinstance(a, list)), droppable=droppable)
 
     def retry_mlflow_now(self) -> None:
         """Try MLflow again (after an outage) from the next step in the lane."""
@@ -310,8 +337,9 @@ class ResultsWriter:
                 record["finished"] = False
                 self.write_table(self.table.add, self._row(tid, record))
         # Copies: the lane runs later, and Tune's copy of the report is slimmed in place meanwhile.
+        # Left out when MLflow is far behind: the trial's end logs every epoch its run lacks.
         self._mlflow("logging epochs", self._log_result, tid, result.get("meta"), result.get("diverged"),
-                     [dict(epoch) for epoch in records])
+                     [dict(epoch) for epoch in records], droppable=True)
 
     def _log_result(self, tid: str, meta: dict[str, Any] | None, diverged: str | None,
                     records: list[dict[str, Any]]) -> None:
@@ -423,22 +451,28 @@ class ResultsWriter:
                 last = self.last.get(tid) or {}
                 self.last[tid] = {k: last[k] for k in ("epoch", "node_id", "diverged") if k in last}
 
-        self._mlflow("closing a trial's run", self._close_run, tid, history, rows, meta, finished, status,
+        epochs = history or rows
+        if history and not self.lane.has_room(len(history)):
+            epochs = functools.partial(_read_history, checkpoint, tid)  # read again in the lane: light to hold
+        self._mlflow("closing a trial's run", self._close_run, tid, epochs, meta, finished, status,
                      then=closed, retry=True)
 
-    def _close_run(self, tid: str, history, rows, meta, finished: bool, status: str) -> bool:
-        """Give the run every epoch of the checkpoint it lacks, its facts, its summary and status."""
+    def _close_run(self, tid: str, epochs, meta, finished: bool, status: str) -> bool:
+        """Give the run every epoch of the checkpoint it lacks (``epochs``: the history, or the call that
+        reads it), its facts, its summary and status."""
+        if callable(epochs):
+            epochs = epochs() or []
         run = self._run(tid)
         if meta:
             run.log_meta(meta)
-        run.sync_history(history or rows)
-        last = self.last.get(tid) or (rows[-1] if rows else {})
+        run.sync_history(epochs)
+        last = self.last.get(tid) or (epochs[-1] if epochs else {})
         if last.get("diverged"):
             finished, status = False, "FAILED"
             run.set_tags({LAST_ERROR: last["diverged"]})
         if finished:
             theory = KINDS[self.specs[tid]["kind"]].theory
-            run.finish(finite_numbers(last, last) if theory else summarize(history or rows), status)
+            run.finish(finite_numbers(last, last) if theory else summarize(epochs), status)
         else:
             run.finish({}, status)
         return True
