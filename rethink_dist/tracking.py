@@ -164,6 +164,22 @@ def trial_runs(tracking_uri: str, experiment_id: str) -> dict[str, str]:
             return out
 
 
+def finished_trial_runs(tracking_uri: str, experiment_id: str) -> set[str]:
+    """The trial ids whose run ended FINISHED: a trial's closing sets that status last, after its
+    every epoch, so such a run lacks nothing (one paged search)."""
+    client = _client(tracking_uri)
+    out: set[str] = set()
+    token = None
+    while True:
+        page = _retry(client.search_runs, [experiment_id],
+                      filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'",
+                      max_results=5000, page_token=token)
+        out.update(run.data.tags.get(TRIAL_ID, "") for run in page)
+        token = page.token
+        if not token:
+            return out
+
+
 def _find_run(client, experiment_id: str, tag: str, value: str):
     runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=2)
     return runs[0] if runs else None

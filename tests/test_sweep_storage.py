@@ -115,7 +115,8 @@ def _rows(parquet: Path) -> int:
         return 0
 
 
-def _every_epoch_once(store: Path, tracking_uri: str) -> None:
+def _every_epoch_once(store: Path, tracking_uri: str, said: str = "") -> None:
+    """Every epoch once in Parquet and in MLflow; ``said``: the sweep's output, shown on a failure."""
     from mlflow.tracking import MlflowClient
 
     table = pd.read_parquet(store / "space" / "trials.parquet")
@@ -128,7 +129,8 @@ def _every_epoch_once(store: Path, tracking_uri: str) -> None:
     for run in runs:
         epochs = sorted(table[table["trial_id"] == run.data.tags["rethink.trial_id"]]["epoch"])
         assert epochs == list(range(1, epochs[-1] + 1))
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == epochs
+        logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+        assert logged == epochs, (run.data.tags["rethink.trial_id"], logged, said[-6000:])
 
 
 def test_a_storage_too_small_is_refused_before_anything_is_written(tmpfs):
@@ -211,7 +213,7 @@ def test_a_storage_that_refuses_writes_mid_sweep_stops_it_and_resume_finishes(tm
     if how == "full":
         assert "cannot be read" in p.stderr and "continue from the project's own records" in p.stderr, p.stderr[-3000:]
     assert _rows(parquet) >= kept
-    _every_epoch_once(store, f"sqlite:///{store / 'mlflow.db'}")
+    _every_epoch_once(store, f"sqlite:///{store / 'mlflow.db'}", out[-3000:] + "\n--- --resume:\n" + p.stderr)
 
 
 def test_a_sweep_refused_by_its_mlflow_store_writes_nothing(tmp_path):
@@ -227,3 +229,54 @@ def test_a_sweep_refused_by_its_mlflow_store_writes_nothing(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and "MLflow" in lines[0], (p.returncode, p.stderr[-3000:])
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before, "the refused sweep wrote files"
+
+
+def test_a_finished_trial_whose_run_missed_its_closing_is_backfilled_by_a_resume_without_tunes_state(tmp_path):
+    """The state a full disk can leave (above, when a trial ends just after the disk fills): the
+    trial finished in Parquet, its MLflow run never got its epochs or its status, and Tune's own
+    state is cut short. Made here by hand on a finished sweep (synthetic trials), by removing what
+    the run's closing wrote from MLflow's SQLite store. ``--resume`` runs no trial again and gives
+    that run every epoch once and its FINISHED status; the other run is left as it was."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    epochs = 8
+    sweep = tmp_path / "closing.py"
+    sweep.write_text('NAME = "closing"\n\ndef trials(data_root=None):\n'
+                     f'    return [{{"kind": "synthetic", "params": {{"epochs": {epochs}, "seed": i, "cpus": 0.5}}}} '
+                     'for i in range(2)]\n')
+    store = tmp_path / "store"
+    cmd = CLI + ["sweep", str(sweep), "--storage", str(store), "--ray-address", "local", "--num-cpus", "1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("closing")
+
+    def trial_runs():
+        return {r.data.tags["rethink.trial_id"]: r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("rethink.role") == "trial"}
+
+    runs = trial_runs()
+    lost, kept = sorted(runs)
+    with sqlite3.connect(store / "mlflow.db") as db:  # the closing that never reached the store
+        for table in ("metrics", "latest_metrics"):
+            db.execute(f"DELETE FROM {table} WHERE run_uuid = ?", (runs[lost].info.run_id,))
+        db.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?",
+                   (runs[lost].info.run_id,))
+    assert client.get_metric_history(runs[lost].info.run_id, "train_loss") == []
+    for state in (store / "closing" / "tune").glob("experiment_state-*.json"):
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    rows_before = pd.read_parquet(store / "closing" / "trials.parquet")
+
+    p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "cannot be read" in p.stderr and "the 0 unfinished trials" in p.stderr, p.stderr[-3000:]
+    after = trial_runs()
+    assert set(after) == {lost, kept} and after[kept].info.end_time == runs[kept].info.end_time
+    for tid in (lost, kept):
+        steps = sorted(m.step for m in client.get_metric_history(after[tid].info.run_id, "train_loss"))
+        assert steps == list(range(1, epochs + 1)), (tid, steps, p.stderr[-3000:])
+        assert after[tid].info.status == "FINISHED" and any(k.startswith("summary.") for k in after[tid].data.metrics)
+    assert after[lost].data.params.get("meta.synthetic") == "True"
+    pd.testing.assert_frame_equal(pd.read_parquet(store / "closing" / "trials.parquet"), rows_before)

@@ -395,8 +395,9 @@ def _tuner(sweep: Sweep, place: _Place, table: ResultsTable, writer: ResultsWrit
     ctx: dict[str, Any] = {"report_seconds": report_seconds}
     per_trial: dict[str, dict[str, Any]] = {}
     if rebuild:
-        todo, resume_from = _rebuild_plan(sweep, table, place.tune_dir, rebuild)
+        todo, resume_from, finished = _rebuild_plan(sweep, table, place.tune_dir, rebuild)
         per_trial = {tid: {"resume_from": folders} for tid, folders in resume_from.items()}
+        writer.backfill_finished(finished)  # not in the new experiment: their runs get what they lack here
     run_config = tune.RunConfig(
         name="tune", storage_path=place.tune_storage,
         failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -513,20 +514,24 @@ def _checkpoints_newest_first(trial_dir: Path) -> list[str]:
     return out
 
 
-def _rebuild_plan(sweep: Sweep, table: ResultsTable, tune_dir: str, why: Any) -> tuple[list[TrialSpec], dict]:
+def _rebuild_plan(sweep: Sweep, table: ResultsTable, tune_dir: str,
+                  why: Any) -> tuple[list[TrialSpec], dict[str, list[str]], dict[str, str | None]]:
     """Continue a sweep whose Tune state cannot be read: set that folder aside, and run a new Tune
     experiment of the trials that are not finished (by trials.parquet), each from its newest readable
-    checkpoint in the old folder (the trainable tries them newest first)."""
+    checkpoint in the old folder (the trainable tries them newest first). Also returns the finished
+    trials' newest checkpoint folder (None: none readable), from which their runs are back-filled."""
     old = Path(tune_dir)
     aside = old.with_name(f"{old.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(old, aside)
     todo = [s for s in sweep.trials if not _finished(table, s.trial_id)]
     resume_from = {s.trial_id: _checkpoints_newest_first(aside / s.trial_id) for s in todo}
+    finished = {s.trial_id: next(iter(_checkpoints_newest_first(aside / s.trial_id)), None)
+                for s in sweep.trials if _finished(table, s.trial_id)}
     reason = "" if why is True else f" ({why})"
     print(f"resume: Tune's experiment state in {str(old)!r} cannot be read{reason}; it is kept as "
           f"{str(aside)!r}, and the {len(todo)} unfinished trials continue from the project's own records "
           f"({sum(bool(v) for v in resume_from.values())} from a checkpoint)", file=sys.stderr, flush=True)
-    return todo, resume_from
+    return todo, resume_from, finished
 
 
 def run_one_trial(spec: TrialSpec, tracking_uri: str | None = None, experiment: str = "train",

@@ -43,7 +43,7 @@ from rethink_dist.records import (HISTORY_FILE, LAST_ERROR, META_FILE, PLACEMENT
 from rethink_dist.sweep.plan import KINDS
 from rethink_dist.sweep.space import SpaceWatch
 from rethink_dist.sweep.worker import read_progress
-from rethink_dist.tracking import TrialRun, finish_run, trial_runs
+from rethink_dist.tracking import TrialRun, finish_run, finished_trial_runs, trial_runs
 
 FAULTS_FILE = "faults.jsonl"  # in the results folder: one line per trial process that ended early
 
@@ -476,6 +476,31 @@ class ResultsWriter:
         else:
             run.finish({}, status)
         return True
+
+    def backfill_finished(self, checkpoints: dict[str, str | None]) -> None:
+        """Trials that finished before a sweep continued without Tune's state (they do not run
+        again): give each one's MLflow run what it lacks (an MLflow outage, or a full disk, may have
+        kept their closing from it) from the newest checkpoint folder in ``checkpoints`` (trial id ->
+        folder; None: from its Parquet rows), unless the run already ended FINISHED."""
+        if self.tracking is None or not checkpoints:
+            return
+        rows = {tid: self.table.trial_rows(tid) for tid, folder in checkpoints.items()
+                if folder is None and self.table is not None}
+        self._mlflow("back-filling the runs of finished trials", self._backfill, checkpoints, rows)
+
+    def _backfill(self, checkpoints: dict[str, str | None], rows: dict[str, list]) -> None:
+        from ray import tune
+
+        done = finished_trial_runs(self.tracking["tracking_uri"], self.tracking["experiment_id"])
+        for tid, folder in checkpoints.items():
+            if tid in done or tid in self.closed or tid not in self.specs:
+                continue
+            checkpoint = tune.Checkpoint.from_directory(folder) if folder else None
+            history = _read_history(checkpoint, tid) if checkpoint is not None else None
+            meta = read_checkpoint_json(checkpoint, META_FILE) if history is not None else None
+            self._close_run(tid, history or rows.get(tid) or [], meta, True, "FINISHED")
+            self.closed.add(tid)
+            self.runs.pop(tid, None)
 
     def _row(self, tid: str, record: dict[str, Any]) -> dict[str, Any]:
         spec = self.specs[tid]
