@@ -148,36 +148,33 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Non
     return exp.experiment_id
 
 
+def _trial_runs_where(tracking_uri: str, experiment_id: str, where: str = ""):
+    """The experiment's trial runs (``where``: more of the filter), in pages of 5,000."""
+    client = _client(tracking_uri)
+    token = None
+    while True:
+        page = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'{where}",
+                      max_results=5000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def trial_runs(tracking_uri: str, experiment_id: str) -> dict[str, str]:
     """The experiment's trial runs, trial id -> run id, in one paged search (a sweep's writer asks
     once, instead of one search per trial: that search's cost grows with the experiment)."""
-    client = _client(tracking_uri)
     out: dict[str, str] = {}
-    token = None
-    while True:
-        page = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'",
-                      max_results=5000, page_token=token)
-        for run in page:
-            out.setdefault(run.data.tags.get(TRIAL_ID, ""), run.info.run_id)
-        token = page.token
-        if not token:
-            return out
+    for run in _trial_runs_where(tracking_uri, experiment_id):
+        out.setdefault(run.data.tags.get(TRIAL_ID, ""), run.info.run_id)
+    return out
 
 
 def finished_trial_runs(tracking_uri: str, experiment_id: str) -> set[str]:
     """The trial ids whose run ended FINISHED: a trial's closing sets that status last, after its
     every epoch, so such a run lacks nothing (one paged search)."""
-    client = _client(tracking_uri)
-    out: set[str] = set()
-    token = None
-    while True:
-        page = _retry(client.search_runs, [experiment_id],
-                      filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'",
-                      max_results=5000, page_token=token)
-        out.update(run.data.tags.get(TRIAL_ID, "") for run in page)
-        token = page.token
-        if not token:
-            return out
+    return {run.data.tags.get(TRIAL_ID, "")
+            for run in _trial_runs_where(tracking_uri, experiment_id, " and attributes.status = 'FINISHED'")}
 
 
 def _find_run(client, experiment_id: str, tag: str, value: str):
