@@ -523,10 +523,11 @@ def _rebuild_plan(sweep: Sweep, table: ResultsTable, tune_dir: str,
     old = Path(tune_dir)
     aside = old.with_name(f"{old.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(old, aside)
-    todo = [s for s in sweep.trials if not _finished(table, s.trial_id)]
+    done = {s.trial_id for s in sweep.trials if _finished(table, s.trial_id)}
+    todo = [s for s in sweep.trials if s.trial_id not in done]
     resume_from = {s.trial_id: _checkpoints_newest_first(aside / s.trial_id) for s in todo}
     finished = {s.trial_id: next(iter(_checkpoints_newest_first(aside / s.trial_id)), None)
-                for s in sweep.trials if _finished(table, s.trial_id)}
+                for s in sweep.trials if s.trial_id in done}
     reason = "" if why is True else f" ({why})"
     print(f"resume: Tune's experiment state in {str(old)!r} cannot be read{reason}; it is kept as "
           f"{str(aside)!r}, and the {len(todo)} unfinished trials continue from the project's own records "

@@ -116,7 +116,7 @@ class MlflowLane:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._serve, name="rethink-mlflow", daemon=True)
                 self.thread.start()
-            if droppable and self.weight + weight > self.limit:
+            if droppable and not self.has_room(weight):
                 self.dropped += 1
                 if not self.said_full:
                     self.said_full = True
